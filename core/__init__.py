@@ -1,0 +1,1 @@
+"""Shared transformer core: attention, layers, BERT encoder, HF checkpoint import."""

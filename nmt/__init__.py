@@ -1,0 +1,1 @@
+"""Translation: parallel data, SentencePiece, transformer, search, BLEU."""
