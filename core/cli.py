@@ -1,0 +1,65 @@
+"""The `train.py` command: any YAML experiment, command-line overrides, resume.
+
+Built on LightningCLI: a config names a LightningModule and a LightningDataModule by
+class path; unknown keys or bad values are rejected by jsonargparse with the key named.
+Each datamodule exposes `spec()` (what the model must agree with: vocabulary size, label
+list, ...), linked into the module's `data_spec` argument, and `data_files()` (fingerprinted
+into the run record).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+
+from core.training import AtomicCheckpointIO, RNGStateCallback, write_run_record
+
+
+class RunRecordCallback(SaveConfigCallback):
+    """Saves the resolved config, then the run record (git commit, data hashes) and hparams."""
+
+    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        log_dir = Path(trainer.log_dir or ".")
+        datamodule = trainer.datamodule
+        files = datamodule.data_files() if hasattr(datamodule, "data_files") else []
+        write_run_record(log_dir, files, {"config": str(log_dir / self.config_filename)})
+
+
+class LabCLI(LightningCLI):
+    """LightningCLI with the lab's defaults and a `--ckpt_path` to resume from."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--ckpt_path", type=str | None, default=None,
+                            help="checkpoint to resume from (e.g. <run>/checkpoints/last.ckpt)")
+        parser.add_argument("--test", type=bool, default=True, help="evaluate on the test split after fit")
+        parser.link_arguments("data", "model.init_args.data_spec", compute_fn=lambda dm: dm.spec(),
+                              apply_on="instantiate")
+        # `last.ckpt` is what resume uses; `--checkpoint.every_n_train_steps N` adds mid-epoch saves.
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0})
+
+
+def default_callbacks() -> list:
+    """Callbacks every run gets besides the checkpoint: lr logging, RNG state."""
+    return [
+        LearningRateMonitor(logging_interval="step"),
+        RNGStateCallback(),
+    ]
+
+
+def main(args: list[str] | None = None) -> LabCLI:
+    """Parse, fit (resuming from `--ckpt_path` if given), then test; returns the CLI."""
+    cli = LabCLI(
+        L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+        run=False, args=args, save_config_callback=RunRecordCallback,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={"plugins": [AtomicCheckpointIO()], "callbacks": default_callbacks()},
+        seed_everything_default=1234,
+    )
+    cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=cli.config.ckpt_path)
+    if cli.config.test:
+        cli.trainer.test(cli.model, cli.datamodule, ckpt_path=None)
+    return cli

@@ -1,0 +1,91 @@
+"""Training plumbing shared by every task: atomic checkpoints, RNG state, run records."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import Callback
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write checkpoints to `<path>.tmp`, fsync, then rename over `<path>`.
+
+    A process killed mid-save leaves the previous checkpoint intact (rename is atomic on
+    POSIX), so `last.ckpt` is always loadable.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+
+class RNGStateCallback(Callback):
+    """Stores the Python, NumPy and torch RNG states in checkpoints and restores them.
+
+    Lightning does not, and without it a resumed run draws different dropout masks.
+    """
+
+    def state_dict(self) -> dict:
+        return {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        random.setstate(state_dict["python"])
+        np.random.set_state(state_dict["numpy"])
+        torch.set_rng_state(state_dict["torch"])
+        if state_dict["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
+
+
+def git_commit(repo_dir: Path | None = None) -> str:
+    """The current git commit (with '-dirty' if the tree has changes), or 'unknown'."""
+    cwd = repo_dir or Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def file_fingerprint(path: Path) -> dict:
+    """Size and SHA-256 of a data file, for run records."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"path": str(path), "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def write_run_record(log_dir: Path, data_files: list[Path], extra: dict | None = None) -> Path:
+    """Write `run_record.json` (git commit, data fingerprints, extras) into a run folder."""
+    record = {
+        "git_commit": git_commit(),
+        "torch": torch.__version__,
+        "data_files": [file_fingerprint(Path(p)) for p in data_files],
+        **(extra or {}),
+    }
+    log_dir.mkdir(parents=True, exist_ok=True)
+    out = log_dir / "run_record.json"
+    out.write_text(json.dumps(record, indent=2))
+    return out
