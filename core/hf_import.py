@@ -127,21 +127,23 @@ def load_bert(folder: str | Path) -> BertModel:
     return model
 
 
-def load_tokenizer(folder: str | Path, lowercase: bool | None = None) -> Tokenizer:
-    """The WordPiece tokenizer of a HF BERT folder (`tokenizer.json`, else `vocab.txt`).
+def load_tokenizer(source: str | Path, lowercase: bool | None = None) -> Tokenizer:
+    """The WordPiece tokenizer of a HF BERT folder (`tokenizer.json`, else `vocab.txt`) or a tokenizer.json.
 
     `tokenizer.json` carries its own normaliser; for `vocab.txt`, lower-casing follows
     `lowercase`, else `tokenizer_config.json`'s `do_lower_case`, else the vocabulary itself
     (an uncased vocabulary has no upper-case word pieces). Stored truncation and padding
     settings are switched off: windows and batches are built by the data pipeline.
     """
-    folder = Path(folder)
-    path = _find(folder, TOKENIZER_FILES, "tokenizer (vocabulary)")
-    if path.name == "tokenizer.json":
+    source = Path(source)
+    path = source if source.is_file() else _find(source, TOKENIZER_FILES, "tokenizer (vocabulary)")
+    if path.suffix == ".json":
         tokenizer = Tokenizer.from_file(str(path))
     else:
         if lowercase is None:
-            lowercase = _lowercase_from_folder(folder, path)
+            lowercase = _lowercase_from_folder(path.parent, path)
+        # The implementation class assembles BERT's normaliser/pre-tokenizer/[CLS]..[SEP]
+        # template; its inner `Tokenizer` is kept so both paths return the same type.
         tokenizer = BertWordPieceTokenizer(str(path), lowercase=lowercase)._tokenizer
     tokenizer.no_truncation()
     tokenizer.no_padding()

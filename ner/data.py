@@ -1,0 +1,196 @@
+"""CoNLL-2003 DataModule: files -> IOB2 sentences -> sub-token windows -> padded batches."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import torch
+from tokenizers import Tokenizer
+from torch.utils.data import DataLoader, Sampler
+
+from core.hf_import import default_checkpoint_dir, load_tokenizer
+from ner.align import IGNORE, OTHER, Example, SentenceEncoder
+from ner.conll import Sentence, label_list, read_conll, to_iob2
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def resolve_data_dir(dir: str | None = None, name: str = "conll2003") -> Path:
+    """`<dir>/<name>` if `dir` is given, else `$DATA_DIR/<name>`, else `<repo>/../shared/data/<name>`."""
+    if dir is not None:
+        candidates = [Path(dir) / name]
+    else:
+        candidates = [Path(os.environ["DATA_DIR"]) / name] if os.environ.get("DATA_DIR") else []
+        candidates.append(REPO_ROOT.parent / "shared" / "data" / name)
+    for path in candidates:
+        if path.is_dir():
+            return path
+    raise FileNotFoundError(f"no {name} data directory; looked in {', '.join(map(str, candidates))} "
+                            "(set --data.dir or $DATA_DIR to the folder that contains it)")
+
+
+class LengthBatchSampler(Sampler[list[int]]):
+    """Batches of similar length: `batch_size` examples, or up to `batch_tokens` padded tokens.
+
+    Training shuffles, sorts by length within chunks of ~50 batches (less padding, still
+    random) and shuffles the batch order, with a new draw on every pass; evaluation just
+    sorts. Lightning does not call `set_epoch` on batch samplers, hence the pass counter.
+    """
+
+    def __init__(
+        self, lengths: list[int], batch_size: int | None = None, batch_tokens: int | None = None,
+        shuffle: bool = False, seed: int = 0,
+    ) -> None:
+        if (batch_size is None) == (batch_tokens is None):
+            raise ValueError("give exactly one of batch_size and batch_tokens")
+        self.lengths, self.batch_size, self.batch_tokens = lengths, batch_size, batch_tokens
+        self.shuffle, self.seed, self.passes = shuffle, seed, 0
+        self._next = self._make_batches()
+
+    def _make_batches(self) -> list[list[int]]:
+        order = list(range(len(self.lengths)))
+        rng = random.Random(self.seed + self.passes)
+        if self.shuffle:
+            rng.shuffle(order)
+            chunk = 50 * (self.batch_size or max(1, self.batch_tokens // 32))
+            order = [i for s in range(0, len(order), chunk)
+                     for i in sorted(order[s : s + chunk], key=self.lengths.__getitem__)]
+        else:
+            order.sort(key=self.lengths.__getitem__)
+        batches, current, longest = [], [], 0
+        for i in order:
+            n = self.lengths[i]
+            if current:
+                if self.batch_size:
+                    full = len(current) >= self.batch_size
+                else:
+                    full = max(longest, n) * (len(current) + 1) > self.batch_tokens
+                if full:
+                    batches.append(current)
+                    current, longest = [], 0
+            current.append(i)
+            longest = max(longest, n)
+        if current:
+            batches.append(current)
+        if self.shuffle:
+            rng.shuffle(batches)
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self._next
+        if self.shuffle:
+            self.passes += 1
+            self._next = self._make_batches()
+        return iter(batches)
+
+    def __len__(self) -> int:
+        return len(self._next)
+
+
+def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Pad a list of windows into tensors; `word_ids` is -1 at specials and padding."""
+    width = max(len(e.input_ids) for e in examples)
+
+    def pad(rows: list[list[int]], value: int) -> torch.Tensor:
+        return torch.tensor([r + [value] * (width - len(r)) for r in rows])
+
+    return {
+        "input_ids": pad([e.input_ids for e in examples], pad_id),
+        "attention_mask": pad([[1] * len(e.input_ids) for e in examples], 0),
+        "labels": pad([e.labels for e in examples], IGNORE),
+        "casing": pad([e.casing for e in examples], OTHER),
+        "word_ids": pad([[-1 if w is None else w for w in e.word_ids] for e in examples], -1),
+        "sentence": torch.tensor([e.sentence for e in examples]),
+    }
+
+
+class CoNLLDataModule(L.LightningDataModule):
+    """CoNLL-2003 (or any CoNLL-format NER data) tokenized for a BERT tagger.
+
+    The label list is derived from the whole training file; dev and test tags outside it
+    are an error. `max_sentences` / `max_eval_sentences` keep the first N sentences (smoke
+    runs). `tokenizer` is a checkpoint folder or a tokenizer.json (None: the default
+    checkpoint) and must match the model's vocabulary.
+    """
+
+    def __init__(
+        self, dir: str | None = None, train_file: str = "eng.train", dev_file: str = "eng.testa",
+        test_file: str = "eng.testb", tokenizer: str | None = None, max_length: int = 128,
+        batch_size: int | None = 32, batch_tokens: int | None = None, label_all_subtokens: bool = True,
+        max_sentences: int | None = None, max_eval_sentences: int | None = None, num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.data_dir = resolve_data_dir(dir)
+        self.paths = {s: self.data_dir / f for s, f in (("train", train_file), ("dev", dev_file),
+                                                         ("test", test_file))}
+        self.tokenizer_source = str(Path(tokenizer).resolve()) if tokenizer else str(default_checkpoint_dir())
+        self.max_length, self.label_all_subtokens = max_length, label_all_subtokens
+        self.batch_size, self.batch_tokens = (None if batch_tokens else batch_size), batch_tokens
+        self.limits = {"train": max_sentences, "dev": max_eval_sentences, "test": max_eval_sentences}
+        self.num_workers, self.seed = num_workers, seed
+        self.sentences: dict[str, list[Sentence]] = {}
+        self.schemes: dict[str, str] = {}
+        self.examples: dict[str, list[Example]] = {}
+        self.tokenizer: Tokenizer | None = None
+
+    def _read(self) -> None:
+        """Read and convert all splits once (cheap: under a second for CoNLL-2003)."""
+        if self.sentences:
+            return
+        for split, path in self.paths.items():
+            if not path.is_file():
+                raise FileNotFoundError(f"{split} split not found: {path}")
+            sentences, self.schemes[split] = to_iob2(read_conll(path))
+            if not sentences:
+                raise ValueError(f"{split} split {path} has no sentences")
+            self.sentences[split] = sentences
+        self.labels = label_list(self.sentences["train"])
+        for split in self.paths:
+            self.sentences[split] = self.sentences[split][: self.limits[split]]
+
+    def spec(self) -> dict:
+        """What the tagger must agree with: labels, tokenizer, window length, source schemes."""
+        self._read()
+        return {"labels": self.labels, "tokenizer": self.tokenizer_source, "max_length": self.max_length,
+                "schemes": self.schemes}
+
+    def data_files(self) -> list[Path]:
+        """The CoNLL files this run reads (fingerprinted into the run record)."""
+        return list(self.paths.values())
+
+    def setup(self, stage: str | None = None) -> None:
+        """Tokenize every split into windows (once)."""
+        self._read()
+        if self.examples:
+            return
+        self.tokenizer = load_tokenizer(self.tokenizer_source)
+        encoder = SentenceEncoder(self.tokenizer, self.labels, self.max_length, self.label_all_subtokens)
+        for split, sentences in self.sentences.items():
+            self.examples[split] = [e for i, s in enumerate(sentences)
+                                    for e in encoder(s.tokens, i, s.tags, s.source)]
+
+    def _loader(self, split: str) -> DataLoader:
+        examples = self.examples[split]
+        sampler = LengthBatchSampler([len(e.input_ids) for e in examples], self.batch_size, self.batch_tokens,
+                                     shuffle=split == "train", seed=self.seed)
+        pad_id = self.tokenizer.token_to_id("[PAD]") or 0
+        return DataLoader(examples, batch_sampler=sampler, num_workers=self.num_workers,
+                          collate_fn=partial(collate, pad_id=pad_id))
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled, length-bucketed training batches."""
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        """Dev (eng.testa) batches, sorted by length."""
+        return self._loader("dev")
+
+    def test_dataloader(self) -> DataLoader:
+        """Test (eng.testb) batches, sorted by length."""
+        return self._loader("test")

@@ -1,0 +1,177 @@
+"""BERT token-classification LightningModule, scored at word level with seqeval.
+
+A checkpoint is self-contained: the label list and tokenizer location come in through
+`data_spec` (hyperparameters), the BERT architecture is written back into the `bert_config`
+hyperparameter, and the tokenizer itself (its JSON) is stored in the checkpoint, so
+`TaggerModule.load_from_checkpoint(path)` tags text without the original folders.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from lightning import LightningModule
+from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
+from tokenizers import Tokenizer
+from torch import Tensor, nn
+
+from core.bert import BertConfig, BertModel
+from core.hf_import import check_vocab_size, default_checkpoint_dir, load_bert, load_tokenizer
+from ner.align import CASING, IGNORE, SentenceEncoder
+from ner.data import LengthBatchSampler, collate
+
+
+def first_subtoken_mask(word_ids: Tensor) -> Tensor:
+    """True at the first sub-token of every word; `word_ids` (B, T) is -1 at specials and padding."""
+    prev = F.pad(word_ids[:, :-1], (1, 0), value=-1)
+    return (word_ids >= 0) & (word_ids != prev)
+
+
+class TaggerModule(LightningModule):
+    """BERT + (optional casing embedding) + dropout + linear head over IOB2 labels.
+
+    `checkpoint_dir` is a HF BERT folder with weights (None: the default MiniLM); with
+    `bert_config` the encoder is built from that config with fresh weights instead (tiny test
+    models, and reloading from our own checkpoints, whose state dict brings the weights).
+    `casing` adds a zero-initialised embedding of the word's casing class to each sub-token,
+    so training starts from exactly the pretrained model. `lr` only matters without a
+    schedule callback, which sets the rate every step.
+    """
+
+    def __init__(
+        self, checkpoint_dir: str | None = None, bert_config: dict | None = None, casing: bool = False,
+        dropout: float = 0.1, lr: float = 5e-5, weight_decay: float = 0.01, data_spec: dict | None = None,
+    ) -> None:
+        super().__init__()
+        if not data_spec or not data_spec.get("labels") or not data_spec.get("tokenizer"):
+            raise ValueError("TaggerModule needs data_spec with 'labels' and 'tokenizer' "
+                             "(given by CoNLLDataModule.spec(); train.py links it)")
+        self.save_hyperparameters()
+        self.labels: list[str] = list(data_spec["labels"])
+        self.max_length: int = int(data_spec.get("max_length", 512))
+        if bert_config is None:
+            folder = checkpoint_dir or str(default_checkpoint_dir())
+            self.bert = load_bert(folder)
+            # Written back so a checkpoint rebuilds the architecture without the folder.
+            self.hparams["bert_config"] = self.bert.cfg.to_dict()
+            self.hparams["checkpoint_dir"] = folder
+        else:
+            self.bert = BertModel(BertConfig.from_dict(bert_config))
+        hidden = self.bert.cfg.hidden_size
+        self.casing_embed = nn.Embedding(len(CASING), hidden) if casing else None
+        if self.casing_embed is not None:
+            nn.init.zeros_(self.casing_embed.weight)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(hidden, len(self.labels))
+        self._tokenizer: Tokenizer | None = None
+        self._outputs: list[Tensor] = []
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The tokenizer from the checkpoint, else from `data_spec['tokenizer']`."""
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.hparams.data_spec["tokenizer"])
+        return self._tokenizer
+
+    def setup(self, stage: str) -> None:
+        """Check, before any step, that the tokenizer's ids index the embedding table."""
+        check_vocab_size(self.tokenizer, self.bert)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["tokenizer_json"] = self.tokenizer.to_str()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._tokenizer = Tokenizer.from_str(checkpoint["tokenizer_json"])
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, casing: Tensor | None = None) -> Tensor:
+        """Label logits (B, T, num_labels) for padded sub-token ids."""
+        extra = self.casing_embed(casing) if self.casing_embed is not None else None
+        hidden = self.bert(input_ids, attention_mask, extra_embeddings=extra)
+        return self.head(self.dropout(hidden))
+
+    def _logits(self, batch: dict[str, Tensor]) -> Tensor:
+        return self(batch["input_ids"], batch["attention_mask"], batch["casing"])
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        """Cross-entropy over labelled sub-tokens (IGNORE elsewhere)."""
+        logits = self._logits(batch)
+        loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    @staticmethod
+    def _word_rows(batch: dict[str, Tensor], logits: Tensor) -> Tensor:
+        """(N, 4) rows (sentence, word, gold label, predicted label), one per word in the batch."""
+        first = first_subtoken_mask(batch["word_ids"])
+        rows, cols = first.nonzero(as_tuple=True)
+        return torch.stack([batch["sentence"][rows], batch["word_ids"][rows, cols],
+                            batch["labels"][rows, cols], logits.argmax(-1)[rows, cols]], dim=1).cpu()
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._outputs.append(self._word_rows(batch, self._logits(batch)))
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._outputs.append(self._word_rows(batch, self._logits(batch)))
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self._score("val"))
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self._score("test"))
+
+    def _sentences(self, rows: Tensor, column: int) -> list[list[str]]:
+        """Label strings per sentence, words in order, from `_word_rows` output."""
+        rows = rows[torch.argsort(rows[:, 0] * (rows[:, 1].max() + 1) + rows[:, 1])]
+        out: list[list[str]] = []
+        last = None
+        for sentence, label in zip(rows[:, 0].tolist(), rows[:, column].tolist(), strict=True):
+            if sentence != last:
+                out.append([])
+                last = sentence
+            out[-1].append(self.labels[label])
+        return out
+
+    def _score(self, prefix: str) -> dict[str, float]:
+        """Word-level entity P/R/F1 (seqeval default mode, like conlleval), overall and per type."""
+        if not self._outputs:  # e.g. limit_val_batches=0
+            return {}
+        rows = torch.cat(self._outputs)
+        self._outputs.clear()
+        gold, pred = self._sentences(rows, 2), self._sentences(rows, 3)
+        scores = {
+            f"{prefix}/precision": precision_score(gold, pred, zero_division=0),
+            f"{prefix}/recall": recall_score(gold, pred, zero_division=0),
+            f"{prefix}/f1": f1_score(gold, pred, zero_division=0),
+        }
+        report = classification_report(gold, pred, output_dict=True, zero_division=0)
+        for kind in sorted({label[2:] for label in self.labels if label != "O"}):
+            scores[f"{prefix}/f1_{kind}"] = report.get(kind, {}).get("f1-score", 0.0)
+        return {k: float(v) for k, v in scores.items()}
+
+    @torch.no_grad()
+    def tag(self, sentences: list[list[str]], batch_size: int = 32) -> list[list[str]]:
+        """Predicted IOB2 tags for whitespace-tokenized sentences (windows for long ones)."""
+        encoder = SentenceEncoder(self.tokenizer, self.labels, self.max_length)
+        examples = [e for i, words in enumerate(sentences) for e in encoder(words, i)]
+        pad_id = self.tokenizer.token_to_id("[PAD]") or 0
+        predicted: list[list[str]] = [["O"] * len(words) for words in sentences]
+        was_training = self.training
+        self.eval()
+        for indices in LengthBatchSampler([len(e.input_ids) for e in examples], batch_size):
+            batch = {k: v.to(self.device) for k, v in collate([examples[i] for i in indices], pad_id).items()}
+            for sentence, word, _, label in self._word_rows(batch, self._logits(batch)).tolist():
+                predicted[sentence][word] = self.labels[label]
+        self.train(was_training)
+        return predicted
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """AdamW; biases and LayerNorm parameters are not decayed."""
+        norms = {id(p) for m in self.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()}
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            (no_decay if name.endswith("bias") or id(p) in norms else decay).append(p)
+        return torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.hparams.weight_decay},
+             {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.hparams.lr,
+        )
