@@ -21,17 +21,21 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def resolve_data_dir(dir: str | None = None, name: str = "conll2003") -> Path:
-    """`<dir>/<name>` if `dir` is given, else `$DATA_DIR/<name>`, else `<repo>/../shared/data/<name>`."""
-    if dir is not None:
-        candidates = [Path(dir) / name]
+    """The `name` folder: under (or at) `dir` if given, else under $DATA_DIR, else under ../shared/data.
+
+    The first source that is set decides (an explicit but wrong `dir` is an error, not a fall-through).
+    """
+    if dir:
+        candidates = [Path(dir) / name, Path(dir)]
+    elif os.environ.get("DATA_DIR"):
+        candidates = [Path(os.environ["DATA_DIR"]) / name]
     else:
-        candidates = [Path(os.environ["DATA_DIR"]) / name] if os.environ.get("DATA_DIR") else []
-        candidates.append(REPO_ROOT.parent / "shared" / "data" / name)
+        candidates = [REPO_ROOT.parent / "shared" / "data" / name]
     for path in candidates:
         if path.is_dir():
             return path
     raise FileNotFoundError(f"no {name} data directory; looked in {', '.join(map(str, candidates))} "
-                            "(set --data.dir or $DATA_DIR to the folder that contains it)")
+                            "(pass --data.init_args.dir or set $DATA_DIR)")
 
 
 class LengthBatchSampler(Sampler[list[int]]):
