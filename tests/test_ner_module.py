@@ -1,0 +1,170 @@
+"""The tagger: a tiny BERT overfits real CoNLL sentences, checkpoints are self-contained, train.py runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+from tokenizers.implementations import BertWordPieceTokenizer
+
+from core.cli import main as train_main
+from core.schedules import TriangleSchedule
+from ner.conll import read_conll, to_iob2
+from ner.data import CoNLLDataModule
+from ner.module import TaggerModule
+from ner.predict import predict_file
+
+CONLL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "conll2003"
+needs_data = pytest.mark.skipif(not CONLL.exists() and not os.environ.get("CI"),
+                                reason=f"CoNLL-2003 not at {CONLL} (required under CI)")
+
+
+def tiny_bert_config(vocab_size: int) -> dict:
+    # No dropout: the overfitting test needs a deterministic fit.
+    return dict(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                max_position_embeddings=128)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run many small ops: one thread avoids contention (10x faster on 2 busy cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A WordPiece vocabulary from a few crafted sentences (tests that need no real data)."""
+    tokenizer = BertWordPieceTokenizer(lowercase=False)
+    text = ["EU rejects German call to boycott British lamb .", "Peter Blackburn visited Brussels ."]
+    tokenizer.train_from_iterator(text * 3, vocab_size=120, show_progress=False)
+    path = tmp_path_factory.mktemp("vocab") / "tokenizer.json"
+    tokenizer.save(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """32 real training sentences as train/dev/test, and a WordPiece vocab built from them."""
+    root = tmp_path_factory.mktemp("tiny")
+    blocks = [b for b in (CONLL / "eng.train").read_text().split("\n\n")
+              if b.strip() and not b.startswith("-DOCSTART-")][:32]
+    (root / "conll2003").mkdir()
+    for name in ("eng.train", "eng.testa", "eng.testb"):
+        (root / "conll2003" / name).write_text("\n\n".join(blocks) + "\n")
+    sentences, _ = to_iob2(read_conll(root / "conll2003" / "eng.train"))
+    tokenizer = BertWordPieceTokenizer(lowercase=False)
+    text = [" ".join(s.tokens) for s in sentences]
+    tokenizer.train_from_iterator(text, vocab_size=400, show_progress=False)
+    tokenizer.save(str(root / "tokenizer.json"))
+    return {"root": root, "tokenizer": root / "tokenizer.json", "sentences": sentences,
+            "config": tiny_bert_config(tokenizer.get_vocab_size())}
+
+
+def quiet_trainer(**kwargs) -> L.Trainer:
+    return L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False, **kwargs)
+
+
+@needs_data
+def test_tiny_tagger_overfits_then_reloads_identically(tiny: dict, tmp_path: Path, one_thread) -> None:
+    tokenizer_file = shutil.copy(tiny["tokenizer"], tmp_path / "tokenizer.json")
+    dm = CoNLLDataModule(dir=str(tiny["root"]), tokenizer=str(tokenizer_file), batch_size=8)
+    L.seed_everything(0)
+    model = TaggerModule(bert_config=tiny["config"], dropout=0.0, weight_decay=0.0, data_spec=dm.spec())
+    trainer = quiet_trainer(max_steps=400, limit_val_batches=0, num_sanity_val_steps=0,
+                            callbacks=[TriangleSchedule(peak_lr=3e-3, warmup=0.1)])
+    trainer.fit(model, dm)
+    [scores] = quiet_trainer().validate(model, dm, verbose=False)
+    assert scores["val/f1"] == 1.0
+    assert sorted(k for k in scores if k.startswith("val/f1_")) == [
+        "val/f1_LOC", "val/f1_MISC", "val/f1_ORG", "val/f1_PER"]
+
+    words = [s.tokens for s in tiny["sentences"]]
+    predicted = model.tag(words, batch_size=5)
+    assert predicted == [s.tags for s in tiny["sentences"]]  # the tag() path agrees with evaluation
+
+    path = tmp_path / "tagger.ckpt"
+    trainer.save_checkpoint(path)
+    os.remove(tokenizer_file)  # the checkpoint alone must be enough
+    reloaded = TaggerModule.load_from_checkpoint(path, weights_only=False)
+    assert reloaded.tag(words, batch_size=7) == predicted
+    batch = next(iter(dm.val_dataloader()))
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(batch["input_ids"], batch["attention_mask"], batch["casing"]),
+                           model(batch["input_ids"], batch["attention_mask"], batch["casing"]))
+
+
+def test_casing_embedding_starts_as_a_no_op(tiny_tokenizer: Path) -> None:
+    spec = {"labels": ["O", "B-PER", "I-PER"], "tokenizer": str(tiny_tokenizer)}
+    config = tiny_bert_config(120)
+    plain = TaggerModule(bert_config=config, data_spec=spec).eval()
+    cased = TaggerModule(bert_config=config, casing=True, data_spec=spec).eval()
+    cased.load_state_dict({**plain.state_dict(), "casing_embed.weight": cased.casing_embed.weight})
+    ids, casing = torch.randint(5, 100, (2, 7)), torch.randint(0, 6, (2, 7))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        assert torch.equal(plain(ids, mask, casing), cased(ids, mask, casing))
+
+
+def test_no_weight_decay_on_bias_and_layernorm(tiny_tokenizer: Path) -> None:
+    spec = {"labels": ["O", "B-PER", "I-PER"], "tokenizer": str(tiny_tokenizer)}
+    model = TaggerModule(bert_config=tiny_bert_config(120), weight_decay=0.01, data_spec=spec)
+    decay, no_decay = model.configure_optimizers().param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    decayed = [names[id(p)] for p in decay["params"]]
+    assert all(not n.endswith("bias") and "norm" not in n.lower() for n in decayed)
+    assert any("LayerNorm" in names[id(p)] for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(names)
+
+
+def test_module_errors(tiny_tokenizer: Path) -> None:
+    with pytest.raises(ValueError, match="needs data_spec with 'labels'"):
+        TaggerModule(bert_config=tiny_bert_config(120))
+    # Default MiniLM weights with the tiny vocabulary: caught before the first step.
+    model = TaggerModule(data_spec={"labels": ["O", "B-PER", "I-PER"], "tokenizer": str(tiny_tokenizer)})
+    with pytest.raises(ValueError, match="word embeddings have 30522 rows"):
+        model.setup("fit")
+
+
+@needs_data
+def test_train_py_end_to_end_then_predict(tiny: dict, tmp_path: Path, one_thread) -> None:
+    config = {
+        "seed_everything": 1,
+        "trainer": {"accelerator": "cpu", "max_epochs": 1, "gradient_clip_val": 1.0,
+                    "enable_progress_bar": False, "default_root_dir": str(tmp_path / "runs"),
+                    "callbacks": [{"class_path": "core.schedules.TriangleSchedule",
+                                   "init_args": {"peak_lr": 1e-3, "warmup": 0.1}}]},
+        "model": {"class_path": "ner.module.TaggerModule",
+                  "init_args": {"bert_config": tiny["config"], "casing": True}},
+        "data": {"class_path": "ner.data.CoNLLDataModule",
+                 "init_args": {"dir": str(tiny["root"]), "tokenizer": str(tiny["tokenizer"]),
+                               "batch_size": 4}},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cli = train_main(["--config", str(path), "--trainer.max_steps", "5", "--trainer.limit_val_batches", "2"])
+    assert cli.trainer.global_step == 5
+    assert "test/f1" in cli.trainer.callback_metrics
+    run = Path(cli.trainer.log_dir)
+    assert (run / "run_record.json").is_file()
+    checkpoint = run / "checkpoints" / "last.ckpt"
+    text = tmp_path / "raw.txt"
+    text.write_text("EU rejects German call to boycott British lamb .\n\nPeter Blackburn\n")
+    assert predict_file(checkpoint, text, tmp_path / "out.conll") == 2
+    lines = (tmp_path / "out.conll").read_text().split("\n")
+    assert lines[0].split()[0] == "EU" and lines[9] == "" and lines[10].startswith("Peter ")
+    conll_in = tiny["root"] / "conll2003" / "eng.testb"
+    assert predict_file(checkpoint, conll_in, tmp_path / "out2.conll") == 32
+    first = (tmp_path / "out2.conll").read_text().split("\n")[0].split()
+    assert first[:2] == ["EU", "B-ORG"] and len(first) == 3
