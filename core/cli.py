@@ -59,7 +59,8 @@ def main(args: list[str] | None = None) -> LabCLI:
         trainer_defaults={"plugins": [AtomicCheckpointIO()], "callbacks": default_callbacks()},
         seed_everything_default=1234,
     )
-    cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=cli.config.ckpt_path)
+    # Our own checkpoints hold dataclass hparams and RNG states, so not weights-only.
+    cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=cli.config.ckpt_path, weights_only=False)
     if cli.config.test:
         cli.trainer.test(cli.model, cli.datamodule, ckpt_path=None)
     return cli

@@ -1,0 +1,138 @@
+"""LightningModule for translation: label-smoothed CE, optimiser, BLEU/chrF validation."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+
+import lightning as L
+import sacrebleu
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from nmt.loss import label_smoothed_ce
+from nmt.model import Seq2SeqConfig, Seq2SeqTransformer, count_parameters
+from nmt.search import beam_search, greedy_search
+from nmt.vocab import Vocab
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+
+
+def corpus_scores(hyps: list[str], refs: list[str]) -> dict:
+    """sacreBLEU corpus BLEU and chrF on detokenised text, with their signatures."""
+    bleu, chrf = sacrebleu.BLEU(), sacrebleu.CHRF()
+    return {
+        "bleu": bleu.corpus_score(hyps, [refs]).score,
+        "chrf": chrf.corpus_score(hyps, [refs]).score,
+        "bleu_signature": str(bleu.get_signature()),
+        "chrf_signature": str(chrf.get_signature()),
+    }
+
+
+class TranslationModule(L.LightningModule):
+    """Seq2seq transformer trained with label-smoothed cross-entropy.
+
+    Args:
+        arch: transformer architecture; vocabulary size and special ids come from the data.
+        optimizer: 'adam' or 'adamw'. lr is the base rate (schedule callbacks overwrite it).
+        label_smoothing: epsilon of the smoothed target.
+        val_beam_size: beam used for validation BLEU (1 = greedy, cheaper per epoch).
+        test_beam_size / length_penalty / max_len_a / max_len_b: decoding for test.
+        num_samples: translations logged to TensorBoard per validation.
+        data_spec: linked from the datamodule (vocabulary size, special ids).
+    """
+
+    def __init__(
+        self, arch: Seq2SeqConfig = Seq2SeqConfig(), optimizer: str = "adam", lr: float = 5e-4,
+        betas: tuple[float, float] = (0.9, 0.98), weight_decay: float = 0.0, label_smoothing: float = 0.1,
+        val_beam_size: int = 1, test_beam_size: int = 5, length_penalty: float = 0.6,
+        max_len_a: float = 1.2, max_len_b: int = 10, num_samples: int = 8, data_spec: dict | None = None,
+    ) -> None:
+        super().__init__()
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"model.optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
+        self.save_hyperparameters()
+        cfg = replace(arch, **(data_spec or {}))
+        self.model = Seq2SeqTransformer(cfg)
+        self.vocab: Vocab | None = None
+        self._outputs: list[tuple[str, str, str]] = []
+
+    @property
+    def cfg(self) -> Seq2SeqConfig:
+        return self.model.cfg
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and getattr(datamodule, "vocab", None) is not None:
+            if datamodule.vocab.size != self.cfg.vocab_size:
+                raise ValueError(f"vocabulary of the data has {datamodule.vocab.size} pieces but the model "
+                                 f"was built for {self.cfg.vocab_size}")
+            self.vocab = datamodule.vocab
+
+    def on_fit_start(self) -> None:
+        self.print(f"[model] {count_parameters(self.model):,} parameters; {asdict(self.cfg)}")
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        logits = self.model(batch["src"], batch["tgt_in"])
+        loss_sum, ntokens = label_smoothed_ce(logits, batch["tgt_out"], self.hparams.label_smoothing,
+                                              self.cfg.pad_id)
+        loss = loss_sum / max(1, ntokens)
+        self.log("train/loss", loss, prog_bar=True, batch_size=ntokens)
+        self.log("train/tokens", float(ntokens), reduce_fx="sum", on_step=False, on_epoch=True)
+        return loss
+
+    def translate(self, src: torch.Tensor, beam_size: int) -> list[list[int]]:
+        """Token ids of the best translation for each source row."""
+        opts = dict(max_len_a=self.hparams.max_len_a, max_len_b=self.hparams.max_len_b)
+        if beam_size == 1:
+            return greedy_search(self.model, src, **opts)
+        return beam_search(self.model, src, beam_size=beam_size, length_penalty=self.hparams.length_penalty,
+                           **opts)
+
+    def _eval_step(self, batch: dict, stage: str, beam_size: int) -> None:
+        logits = self.model(batch["src"], batch["tgt_in"])
+        loss_sum, ntokens = label_smoothed_ce(logits, batch["tgt_out"], 0.0, self.cfg.pad_id)
+        self.log(f"{stage}/loss", loss_sum / max(1, ntokens), batch_size=ntokens, sync_dist=True)
+        hyps = self.vocab.decode_tgt(self.translate(batch["src"], beam_size))
+        self._outputs += list(zip(batch["src_text"], batch["ref_text"], hyps, strict=True))
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "val", self.hparams.val_beam_size)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "test", self.hparams.test_beam_size)
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        outputs, self._outputs = self._outputs, []
+        if not outputs:
+            return
+        scores = corpus_scores([h for _, _, h in outputs], [r for _, r, _ in outputs])
+        self.log(f"{stage}/bleu", scores["bleu"], prog_bar=True)
+        self.log(f"{stage}/chrf", scores["chrf"])
+        self.last_eval = {"stage": stage, **scores, "outputs": outputs}
+        if isinstance(self.logger, TensorBoardLogger) and not self.trainer.sanity_checking:
+            lines = [f"**src** {s}  \n**ref** {r}  \n**hyp** {h}" for s, r, h in outputs[: self.hparams.num_samples]]
+            self.logger.experiment.add_text(f"{stage}/samples", "\n\n---\n\n".join(lines), self.global_step)
+            self.logger.experiment.add_text(f"{stage}/sacrebleu_signature", scores["bleu_signature"],
+                                            self.global_step)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            (no_decay if p.dim() < 2 or "norm" in name else decay).append(p)
+        groups = [{"params": decay, "weight_decay": self.hparams.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        return OPTIMIZERS[self.hparams.optimizer](groups, lr=self.hparams.lr, betas=self.hparams.betas)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.vocab is not None:
+            checkpoint["vocab"] = self.vocab.to_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "vocab" in checkpoint:
+            self.vocab = Vocab.from_state(checkpoint["vocab"])
