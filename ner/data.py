@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Iterator
 from functools import partial
@@ -13,29 +12,10 @@ import torch
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Sampler
 
+from core.data_dir import resolve_data_dir
 from core.hf_import import default_checkpoint_dir, load_tokenizer
 from ner.align import IGNORE, OTHER, Example, SentenceEncoder
 from ner.conll import Sentence, label_list, read_conll, to_iob2
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def resolve_data_dir(dir: str | None = None, name: str = "conll2003") -> Path:
-    """The `name` folder: under (or at) `dir` if given, else under $DATA_DIR, else under ../shared/data.
-
-    The first source that is set decides (an explicit but wrong `dir` is an error, not a fall-through).
-    """
-    if dir:
-        candidates = [Path(dir) / name, Path(dir)]
-    elif os.environ.get("DATA_DIR"):
-        candidates = [Path(os.environ["DATA_DIR"]) / name]
-    else:
-        candidates = [REPO_ROOT.parent / "shared" / "data" / name]
-    for path in candidates:
-        if path.is_dir():
-            return path
-    raise FileNotFoundError(f"no {name} data directory; looked in {', '.join(map(str, candidates))} "
-                            "(pass --data.init_args.dir or set $DATA_DIR)")
 
 
 class LengthBatchSampler(Sampler[list[int]]):
@@ -130,7 +110,7 @@ class CoNLLDataModule(L.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.data_dir = resolve_data_dir(dir)
+        self.data_dir = resolve_data_dir(dir, "conll2003")
         self.paths = {s: self.data_dir / f for s, f in (("train", train_file), ("dev", dev_file),
                                                          ("test", test_file))}
         self.tokenizer_source = str(Path(tokenizer).resolve()) if tokenizer else str(default_checkpoint_dir())

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from core.data_dir import REPO_ROOT
 from core.hf_import import default_checkpoint_dir, load_tokenizer
 from ner.align import IGNORE, SentenceEncoder, align_labels, casing_id, continuation_labels, windows
 from ner.conll import (
@@ -19,9 +20,10 @@ from ner.conll import (
     read_conll,
     to_iob2,
 )
-from ner.data import CoNLLDataModule, LengthBatchSampler, resolve_data_dir
+from ner.data import CoNLLDataModule, LengthBatchSampler
 
-CONLL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "conll2003"
+# Where CoNLLDataModule looks by default: $DATA_DIR, else ../shared/data beside the repo.
+CONLL = Path(os.environ.get("DATA_DIR") or REPO_ROOT.parent / "shared" / "data") / "conll2003"
 needs_data = pytest.mark.skipif(not CONLL.exists() and not os.environ.get("CI"),
                                 reason=f"CoNLL-2003 not at {CONLL} (required under CI)")
 LABELS = ["O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
@@ -177,12 +179,12 @@ def test_real_files_counts_types_and_scheme() -> None:
 # --- data module --------------------------------------------------------------------------
 
 def test_data_dir_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "conll2003").mkdir()
-    assert resolve_data_dir(str(tmp_path)) == tmp_path / "conll2003"
+    write(tmp_path / "conll2003" / "eng.train", "EU B-ORG\n")
+    assert CoNLLDataModule(dir=str(tmp_path)).data_dir == tmp_path / "conll2003"
     monkeypatch.setenv("DATA_DIR", str(tmp_path))
-    assert resolve_data_dir() == tmp_path / "conll2003"
-    with pytest.raises(FileNotFoundError, match=f"looked in {tmp_path}/nowhere/conll2003"):
-        resolve_data_dir(str(tmp_path / "nowhere"))
+    assert CoNLLDataModule().data_dir == tmp_path / "conll2003"
+    with pytest.raises(FileNotFoundError, match=f"looked in: {tmp_path}/nowhere/conll2003"):
+        CoNLLDataModule(dir=str(tmp_path / "nowhere"))
 
 
 def small_corpus(root: Path, dev: str = "Peter B-PER\nsaid O\n") -> Path:

@@ -13,13 +13,15 @@ import yaml
 from tokenizers.implementations import BertWordPieceTokenizer
 
 from core.cli import main as train_main
+from core.data_dir import REPO_ROOT
 from core.schedules import TriangleSchedule
 from ner.conll import read_conll, to_iob2
 from ner.data import CoNLLDataModule
 from ner.module import TaggerModule
 from ner.predict import predict_file
 
-CONLL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "conll2003"
+# Where CoNLLDataModule looks by default: $DATA_DIR, else ../shared/data beside the repo.
+CONLL = Path(os.environ.get("DATA_DIR") or REPO_ROOT.parent / "shared" / "data") / "conll2003"
 needs_data = pytest.mark.skipif(not CONLL.exists() and not os.environ.get("CI"),
                                 reason=f"CoNLL-2003 not at {CONLL} (required under CI)")
 
