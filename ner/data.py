@@ -9,6 +9,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Sampler
 
@@ -122,6 +123,7 @@ class CoNLLDataModule(L.LightningDataModule):
         self.schemes: dict[str, str] = {}
         self.examples: dict[str, list[Example]] = {}
         self.tokenizer: Tokenizer | None = None
+        self.labels: list[str] = []
 
     def _read(self) -> None:
         """Read and convert all splits once (cheap: under a second for CoNLL-2003)."""
@@ -133,6 +135,8 @@ class CoNLLDataModule(L.LightningDataModule):
             sentences, self.schemes[split] = to_iob2(read_conll(path))
             if not sentences:
                 raise ValueError(f"{split} split {path} has no sentences")
+            converted = " (converted to IOB2)" if self.schemes[split] == "IOB1" else ""
+            rank_zero_info(f"{split}: {path}, {len(sentences):,} sentences, {self.schemes[split]}{converted}")
             self.sentences[split] = sentences
         self.labels = label_list(self.sentences["train"])
         for split in self.paths:
