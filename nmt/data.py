@@ -59,32 +59,53 @@ class ParallelSplit:
         return i
 
 
+class EpochPermutation(Sampler[int]):
+    """Sentence order for one epoch: a permutation seeded by `seed + epoch` (or identity).
+
+    Lightning calls `set_epoch` on `batch_sampler.sampler`, which is how the batch sampler
+    above it learns the epoch.
+    """
+
+    def __init__(self, size: int, shuffle: bool, seed: int = 0) -> None:
+        self.size, self.shuffle, self.seed, self.epoch = size, shuffle, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        if not self.shuffle:
+            return iter(range(self.size))
+        return iter(np.random.default_rng(self.seed + self.epoch).permutation(self.size).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
 class TokenBatchSampler(Sampler[list[int]]):
     """Index batches of at most `max_tokens` padded tokens (max length x batch size).
 
-    Sentences are shuffled, stably sorted by (target, source) length, cut into batches, and
-    the batch order shuffled: all from `seed + epoch`. With several processes each rank takes
-    every `num_replicas`-th batch (same count on every rank). `resume_at(epoch, n)` makes the
-    iteration of that epoch start after its first `n` batches.
+    The epoch's sentence order (`self.sampler`) is stably sorted by (target, source) length,
+    cut into batches, and the batch order shuffled from `seed + epoch`. With several processes
+    each rank takes every `num_replicas`-th batch (same count on every rank). `resume_at(epoch,
+    n)` makes the iteration of that epoch start after its first `n` batches.
     """
 
     def __init__(self, src_lens: list[int], tgt_lens: list[int], max_tokens: int, shuffle: bool,
                  seed: int = 0, rank: int = 0, num_replicas: int = 1) -> None:
         self.src_lens, self.tgt_lens = np.asarray(src_lens), np.asarray(tgt_lens)
+        self.sampler = EpochPermutation(len(src_lens), shuffle, seed)
         self.max_tokens, self.shuffle, self.seed = max_tokens, shuffle, seed
         self.rank, self.num_replicas = rank, num_replicas
-        self.epoch = 0
         self._resume: tuple[int, int] | None = None
 
     def resume_at(self, epoch: int, batches_done: int) -> None:
         self._resume = (epoch, batches_done)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
 
     def batches(self) -> list[list[int]]:
-        rng = np.random.default_rng(self.seed + self.epoch)
-        order = rng.permutation(len(self.src_lens)) if self.shuffle else np.arange(len(self.src_lens))
+        order = np.asarray(list(self.sampler), dtype=np.int64)
         order = order[np.lexsort((self.src_lens[order], self.tgt_lens[order]))]
         batches, current, longest = [], [], 0
         for i in order.tolist():
@@ -97,14 +118,15 @@ class TokenBatchSampler(Sampler[list[int]]):
         if current:
             batches.append(current)
         if self.shuffle:
+            rng = np.random.default_rng([self.seed, self.sampler.epoch])
             batches = [batches[j] for j in rng.permutation(len(batches))]
-        per_rank = len(batches) // self.num_replicas if self.num_replicas > 1 else len(batches)
+        per_rank = len(batches) // self.num_replicas
         return batches[self.rank :: self.num_replicas][:per_rank]
 
     def __iter__(self):
         batches = self.batches()
         skip = 0
-        if self._resume is not None and self._resume[0] == self.epoch:
+        if self._resume is not None and self._resume[0] == self.sampler.epoch:
             skip = self._resume[1]
         self._resume = None
         yield from batches[skip:]

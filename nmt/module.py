@@ -28,6 +28,11 @@ def corpus_scores(hyps: list[str], refs: list[str]) -> dict:
     }
 
 
+def _as_config(arch: Seq2SeqConfig | dict) -> Seq2SeqConfig:
+    """Hyper-parameters may come back from a checkpoint or a config as a plain mapping."""
+    return arch if isinstance(arch, Seq2SeqConfig) else Seq2SeqConfig(**dict(arch))
+
+
 class TranslationModule(L.LightningModule):
     """Seq2seq transformer trained with label-smoothed cross-entropy.
 
@@ -51,7 +56,7 @@ class TranslationModule(L.LightningModule):
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"model.optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
         self.save_hyperparameters()
-        cfg = replace(arch, **(data_spec or {}))
+        cfg = replace(_as_config(arch), **(data_spec or {}))
         self.model = Seq2SeqTransformer(cfg)
         self.vocab: Vocab | None = None
         self._outputs: list[tuple[str, str, str]] = []
@@ -134,5 +139,12 @@ class TranslationModule(L.LightningModule):
             checkpoint["vocab"] = self.vocab.to_state()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        hparams = checkpoint.get("hyper_parameters", {})
+        if "arch" in hparams:
+            saved = asdict(replace(_as_config(hparams["arch"]), **(hparams.get("data_spec") or {})))
+            differ = {k: (v, getattr(self.cfg, k)) for k, v in saved.items() if getattr(self.cfg, k) != v}
+            if differ:
+                detail = ", ".join(f"{k}: checkpoint {a} vs config {b}" for k, (a, b) in differ.items())
+                raise ValueError(f"checkpoint does not match the model config ({detail})")
         if "vocab" in checkpoint:
             self.vocab = Vocab.from_state(checkpoint["vocab"])
