@@ -90,6 +90,7 @@ def main() -> None:
     parser.add_argument("--config", default=str(REPO_ROOT / "configs/nmt/small.yaml"))
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks/results/nmt_multi30k.json")
     parser.add_argument("--work_dir", type=Path, default=REPO_ROOT / "benchmarks/work/nmt_multi30k")
+    parser.add_argument("--epochs", type=int, help="epochs to train (default: as many as the budget allows)")
     parser.add_argument("--throughput_batches", type=int, default=8)
     parser.add_argument("--throughput_rounds", type=int, default=3)
     parser.add_argument("--extra", nargs="*", default=[], help="more train.py overrides")
@@ -119,7 +120,7 @@ def main() -> None:
     # 2. Train within the budget.
     train_tokens = sum(len(t) + 1 for t in dm.splits["train"].tgt_ids)
     epoch_s = train_tokens / result["throughput"]["ours_tokens_per_s"] * 1.15 + 25  # + greedy validation
-    max_epochs = max(1, int(args.budget_minutes * 60 // epoch_s))
+    max_epochs = args.epochs or max(1, int(args.budget_minutes * 60 // epoch_s))
     result["planned_epochs"] = max_epochs
     save()
     hh, mm = divmod(int(args.budget_minutes), 60)

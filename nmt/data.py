@@ -232,7 +232,10 @@ class TranslationDataModule(L.LightningDataModule):
             [len(s) + 1 for s in split.src_ids], [len(t) + 1 for t in split.tgt_ids], max_tokens,
             shuffle=shuffle, seed=self.seed, rank=rank if shuffle else 0, num_replicas=world if shuffle else 1,
         )
-        return DataLoader(split, batch_sampler=sampler, collate_fn=lambda idx: collate(split, idx))
+        # An own generator: creating an iterator must not draw from the global RNG, or a run
+        # resumed mid-epoch would see different dropout masks than an uninterrupted one.
+        return DataLoader(split, batch_sampler=sampler, collate_fn=lambda idx: collate(split, idx),
+                          generator=torch.Generator().manual_seed(self.seed))
 
     def train_dataloader(self) -> DataLoader:
         loader = self._loader("train", True, self.max_tokens)
