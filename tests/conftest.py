@@ -1,0 +1,44 @@
+"""Shared fixtures: the real-data location and small slices of it for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = Path(os.environ.get("DATA_DIR", REPO.parent / "shared" / "data"))
+IN_CI = bool(os.environ.get("CI"))
+
+# Real-data tests may skip only on a machine without the data, never in CI.
+requires_data = pytest.mark.skipif(not DATA.is_dir() and not IN_CI, reason=f"no data directory at {DATA}")
+
+
+@pytest.fixture(scope="session")
+def multi30k_slice(tmp_path_factory) -> Path:
+    """A folder with the first 240 train / 24 val / 24 test pairs of Multi30k (real text)."""
+    src = DATA / "multi30k"
+    out = tmp_path_factory.mktemp("multi30k")
+    for stem, n in (("train", 240), ("val", 24), ("test_2016_flickr", 24)):
+        for lang in ("en", "de"):
+            lines = (src / f"{stem}.{lang}").read_text(encoding="utf-8").splitlines()[:n]
+            (out / f"{stem}.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return out
+
+
+def tiny_nmt_args(data_dir: Path, run_dir: Path, *extra: str) -> list[str]:
+    """train.py arguments for the tiny translation config on `data_dir`, logging to `run_dir`."""
+    return [
+        "--config", str(REPO / "tests/fixtures/nmt_tiny.yaml"), "--data.dir", str(data_dir),
+        "--data.cache_dir", str(run_dir / "spm"), "--trainer.logger.init_args.save_dir", str(run_dir),
+        *extra,
+    ]
+
+
+def pytest_configure(config) -> None:
+    # Tiny models: one thread is faster than two fighting over two cores (and leaves a core
+    # for whatever else runs on the machine).
+    import torch
+
+    torch.set_num_threads(1)

@@ -1,0 +1,127 @@
+"""End-to-end training on a real Multi30k slice: resume, atomic saves, DDP, records, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, requires_data, tiny_nmt_args
+
+from core.cli import main as train_main
+from nmt.translate import load_translator, translate_lines
+
+pytestmark = requires_data
+
+
+def _weights(ckpt: Path) -> dict:
+    return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+
+
+def test_resume_mid_epoch_equals_uninterrupted_run(multi30k_slice, tmp_path):
+    # Accumulation 2 and SWA from the first epoch: the optimizer, the accumulation position,
+    # the SWA average, the RNG (dropout) and the batch order must all survive the restart.
+    common = ["--trainer.accumulate_grad_batches", "2", "--trainer.max_epochs", "20", "--test", "false",
+              "--trainer.limit_val_batches", "0", "--checkpoint.every_n_train_steps", "1",
+              "--trainer.callbacks+=core.swa.SWA", "--trainer.callbacks.start_epoch=0", "--data.max_tokens", "800"]
+    straight = train_main(tiny_nmt_args(multi30k_slice, tmp_path / "a", *common, "--trainer.max_steps", "18"))
+    steps_per_epoch = straight.trainer.num_training_batches // 2
+    half = 9
+    assert half % steps_per_epoch, "the checkpoint must fall in the middle of an epoch"
+    assert half > steps_per_epoch, "the checkpoint must come after an SWA snapshot"
+
+    first = train_main(tiny_nmt_args(multi30k_slice, tmp_path / "b", *common, "--trainer.max_steps", str(half)))
+    last = Path(first.trainer.checkpoint_callback.dirpath) / "last.ckpt"
+    assert torch.load(last, weights_only=False)["global_step"] == half
+    resumed = train_main(tiny_nmt_args(multi30k_slice, tmp_path / "b", *common, "--trainer.max_steps", "18",
+                                       "--ckpt_path", str(last)))
+    assert resumed.trainer.global_step == 18
+    a, b = straight.model.model.state_dict(), resumed.model.model.state_dict()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_kill_during_save_keeps_previous_checkpoint(tmp_path):
+    path = tmp_path / "last.ckpt"
+    script = textwrap.dedent(f"""
+        import sys, time, torch
+        sys.path.insert(0, {str(REPO)!r})
+        from core.training import AtomicCheckpointIO
+        io = AtomicCheckpointIO()
+        io.save_checkpoint({{"version": 1, "w": torch.arange(5)}}, {str(path)!r})
+        def slow_save(obj, f, *args, **kwargs):
+            f.write(b"half-written" * 10000)
+            f.flush()
+            print("writing", flush=True)
+            time.sleep(120)
+        torch.save = slow_save
+        io.save_checkpoint({{"version": 2}}, {str(path)!r})
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+        assert (tmp_path / "last.ckpt.tmp").stat().st_size > 0
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    state = torch.load(path, weights_only=True)
+    assert state["version"] == 1 and torch.equal(state["w"], torch.arange(5))
+
+
+def test_run_folder_records_config_commit_and_data(multi30k_slice, tmp_path):
+    cli = train_main(tiny_nmt_args(multi30k_slice, tmp_path, "--trainer.max_steps", "2",
+                                   "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1"))
+    run = Path(cli.trainer.log_dir)
+    record = json.loads((run / "run_record.json").read_text())
+    assert record["git_commit"] != "unknown"
+    assert {Path(f["path"]).name for f in record["data_files"]} >= {"train.en", "train.de", "val.de"}
+    assert all(len(f["sha256"]) == 64 and f["bytes"] > 0 for f in record["data_files"])
+    assert "d_model: 32" in (run / "config.yaml").read_text()
+    assert list(run.glob("events.out.tfevents*"))
+
+
+def test_checkpoint_alone_translates_identically(multi30k_slice, tmp_path):
+    cli = train_main(tiny_nmt_args(multi30k_slice, tmp_path, "--trainer.max_steps", "6", "--test", "false",
+                                   "--trainer.limit_val_batches", "0"))
+    lines = (multi30k_slice / "val.en").read_text().splitlines()[:6]
+    module = cli.model.eval()
+    before = translate_lines(module, lines, beam_size=2)
+    reloaded = load_translator(Path(cli.trainer.checkpoint_callback.dirpath) / "last.ckpt")
+    assert translate_lines(reloaded, lines, beam_size=2) == before
+
+
+def test_checkpoint_from_another_architecture_is_refused(multi30k_slice, tmp_path):
+    cli = train_main(tiny_nmt_args(multi30k_slice, tmp_path / "a", "--trainer.max_steps", "1", "--test", "false",
+                                   "--trainer.limit_val_batches", "0"))
+    ckpt = Path(cli.trainer.checkpoint_callback.dirpath) / "last.ckpt"
+    with pytest.raises(ValueError, match="d_model"):
+        train_main(tiny_nmt_args(multi30k_slice, tmp_path / "b", "--model.init_args.arch.d_model", "64",
+                                 "--trainer.max_steps", "2", "--ckpt_path", str(ckpt)))
+
+
+def test_unknown_config_key_names_the_key(multi30k_slice, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train_main(tiny_nmt_args(multi30k_slice, tmp_path, "--model.init_args.arch.d_modle", "64"))
+    assert "d_modle" in capsys.readouterr().err
+
+
+def test_missing_data_dir_says_where_it_looked(tmp_path):
+    with pytest.raises((FileNotFoundError, ValueError), match=str(tmp_path / "nowhere")):
+        train_main(tiny_nmt_args(tmp_path / "nowhere", tmp_path))
+
+
+def test_ddp_two_cpu_processes(multi30k_slice, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    args = tiny_nmt_args(multi30k_slice, tmp_path, "--trainer.strategy", "ddp", "--trainer.devices", "2",
+                         "--trainer.max_steps", "3", "--trainer.limit_val_batches", "1", "--test", "false")
+    proc = subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "world_size: 2" in proc.stderr + proc.stdout or "MEMBER: 2/2" in proc.stderr + proc.stdout
+    assert list(tmp_path.rglob("last.ckpt"))
