@@ -12,17 +12,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
-from core.training import AtomicCheckpointIO, RNGStateCallback, write_run_record
+from core.training import AtomicCheckpointIO, LastBatchSafeCheckpoint, RNGStateCallback, write_run_record
 
 
 class RunRecordCallback(SaveConfigCallback):
     """Saves the resolved config, then the run record (git commit, data hashes) and hparams."""
 
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        log_dir = Path(trainer.log_dir or ".")
+        # Called on rank 0 only: `trainer.log_dir` would broadcast (and hang under DDP).
+        log_dir = Path(trainer.logger.log_dir if trainer.logger else trainer.default_root_dir)
         datamodule = trainer.datamodule
         files = datamodule.data_files() if hasattr(datamodule, "data_files") else []
         write_run_record(log_dir, files, {"config": str(log_dir / self.config_filename)})
@@ -38,7 +39,7 @@ class LabCLI(LightningCLI):
         parser.link_arguments("data", "model.init_args.data_spec", compute_fn=lambda dm: dm.spec(),
                               apply_on="instantiate")
         # `last.ckpt` is what resume uses; `--checkpoint.every_n_train_steps N` adds mid-epoch saves.
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(LastBatchSafeCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0})
 
 

@@ -3,8 +3,9 @@
 Averages `pl_module.model` (every task module keeps its network there) at the end of each
 epoch from `start_epoch` on with `torch.optim.swa_utils.AveragedModel`; the learning-rate
 schedule is left alone. At the end of fit the averaged weights are copied into the model,
-so the test/decode that follows and the `swa.ckpt` written beside `last.ckpt` use them. The
-average is part of the callback state, so a resumed run continues it.
+so the test/decode that follows and the `swa.ckpt` written beside `last.ckpt` use them, while
+`last.ckpt` keeps the raw weights and the running average (callback state), so a resumed
+run continues both.
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ class SWA(Callback):
         if trainer.current_epoch >= self.first_epoch(trainer):
             self._ensure(pl_module).update_parameters(pl_module.model)
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # After fit, not at train end: ModelCheckpoint writes `last.ckpt` in on_train_end,
+        # and that file must keep the raw weights a resumed run continues from.
         if self._pending_state is not None:
             self._ensure(pl_module)
         if self.averaged is None or int(self.averaged.n_averaged) == 0:

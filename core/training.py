@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -89,3 +89,27 @@ def write_run_record(log_dir: Path, data_files: list[Path], extra: dict | None =
     out = log_dir / "run_record.json"
     out.write_text(json.dumps(record, indent=2))
     return out
+
+
+class LastBatchSafeCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint whose step-based saves never fall on the last batch of an epoch.
+
+    Lightning 2.6 resumes a checkpoint written in `on_train_batch_end` of an epoch's last
+    batch one epoch too far (the epoch counter is advanced twice), so that save is taken in
+    `on_train_epoch_end` instead, a moment later, where resuming is exact.
+    """
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._every_n_train_steps >= 1 and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            self._deferred = True
+            return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if getattr(self, "_deferred", False) and not self._should_skip_saving_checkpoint(trainer):
+            self._deferred = False
+            candidates = self._monitor_candidates(trainer)
+            if trainer.global_step % self._every_n_train_steps == 0:
+                self._save_topk_checkpoint(trainer, candidates)
+            self._save_last_checkpoint(trainer, candidates)

@@ -2,79 +2,19 @@
 
 from __future__ import annotations
 
-import random
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
-import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from tokenizers import Tokenizer
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
+from core.batching import LengthBatchSampler, ResumableDataModule
 from core.data_dir import resolve_data_dir
 from core.hf_import import default_checkpoint_dir, load_tokenizer
 from ner.align import IGNORE, OTHER, Example, SentenceEncoder
 from ner.conll import Sentence, label_list, read_conll, to_iob2
-
-
-class LengthBatchSampler(Sampler[list[int]]):
-    """Batches of similar length: `batch_size` examples, or up to `batch_tokens` padded tokens.
-
-    Training shuffles, sorts by length within chunks of ~50 batches (less padding, still
-    random) and shuffles the batch order, with a new draw on every pass; evaluation just
-    sorts. Lightning does not call `set_epoch` on batch samplers, hence the pass counter.
-    """
-
-    def __init__(
-        self, lengths: list[int], batch_size: int | None = None, batch_tokens: int | None = None,
-        shuffle: bool = False, seed: int = 0,
-    ) -> None:
-        if (batch_size is None) == (batch_tokens is None):
-            raise ValueError("give exactly one of batch_size and batch_tokens")
-        self.lengths, self.batch_size, self.batch_tokens = lengths, batch_size, batch_tokens
-        self.shuffle, self.seed, self.passes = shuffle, seed, 0
-        self._next = self._make_batches()
-
-    def _make_batches(self) -> list[list[int]]:
-        order = list(range(len(self.lengths)))
-        rng = random.Random(self.seed + self.passes)
-        if self.shuffle:
-            rng.shuffle(order)
-            chunk = 50 * (self.batch_size or max(1, self.batch_tokens // 32))
-            order = [i for s in range(0, len(order), chunk)
-                     for i in sorted(order[s : s + chunk], key=self.lengths.__getitem__)]
-        else:
-            order.sort(key=self.lengths.__getitem__)
-        batches, current, longest = [], [], 0
-        for i in order:
-            n = self.lengths[i]
-            if current:
-                if self.batch_size:
-                    full = len(current) >= self.batch_size
-                else:
-                    full = max(longest, n) * (len(current) + 1) > self.batch_tokens
-                if full:
-                    batches.append(current)
-                    current, longest = [], 0
-            current.append(i)
-            longest = max(longest, n)
-        if current:
-            batches.append(current)
-        if self.shuffle:
-            rng.shuffle(batches)
-        return batches
-
-    def __iter__(self) -> Iterator[list[int]]:
-        batches = self._next
-        if self.shuffle:
-            self.passes += 1
-            self._next = self._make_batches()
-        return iter(batches)
-
-    def __len__(self) -> int:
-        return len(self._next)
 
 
 def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
@@ -94,7 +34,7 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     }
 
 
-class CoNLLDataModule(L.LightningDataModule):
+class CoNLLDataModule(ResumableDataModule):
     """CoNLL-2003 (or any CoNLL-format NER data) tokenized for a BERT tagger.
 
     The label list is derived from the whole training file; dev and test tags outside it
@@ -165,11 +105,14 @@ class CoNLLDataModule(L.LightningDataModule):
 
     def _loader(self, split: str) -> DataLoader:
         examples = self.examples[split]
-        sampler = LengthBatchSampler([len(e.input_ids) for e in examples], self.batch_size, self.batch_tokens,
-                                     shuffle=split == "train", seed=self.seed)
+        train = split == "train"
+        rank, world = self.shard() if train else (0, 1)
+        sampler = LengthBatchSampler([len(e.input_ids) for e in examples], max_tokens=self.batch_tokens,
+                                     batch_size=self.batch_size, shuffle=train, seed=self.seed, rank=rank,
+                                     num_replicas=world)
         pad_id = self.tokenizer.token_to_id("[PAD]") or 0
-        return DataLoader(examples, batch_sampler=sampler, num_workers=self.num_workers,
-                          collate_fn=partial(collate, pad_id=pad_id))
+        return self.make_loader(examples, sampler, partial(collate, pad_id=pad_id), train=train,
+                                num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled, length-bucketed training batches."""

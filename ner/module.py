@@ -15,10 +15,11 @@ from seqeval.metrics import classification_report, f1_score, precision_score, re
 from tokenizers import Tokenizer
 from torch import Tensor, nn
 
+from core.batching import LengthBatchSampler
 from core.bert import BertConfig, BertModel
 from core.hf_import import check_vocab_size, default_checkpoint_dir, load_bert, load_tokenizer
 from ner.align import CASING, IGNORE, SentenceEncoder
-from ner.data import LengthBatchSampler, collate
+from ner.data import collate
 
 
 def first_subtoken_mask(word_ids: Tensor) -> Tensor:
@@ -157,7 +158,7 @@ class TaggerModule(LightningModule):
         predicted: list[list[str]] = [["O"] * len(words) for words in sentences]
         was_training = self.training
         self.eval()
-        for indices in LengthBatchSampler([len(e.input_ids) for e in examples], batch_size):
+        for indices in LengthBatchSampler([len(e.input_ids) for e in examples], batch_size=batch_size):
             batch = {k: v.to(self.device) for k, v in collate([examples[i] for i in indices], pad_id).items()}
             for sentence, word, _, label in self._word_rows(batch, self._logits(batch)).tolist():
                 predicted[sentence][word] = self.labels[label]

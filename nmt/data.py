@@ -1,9 +1,7 @@
 """Parallel text for translation: reading, checks, length filtering, token-budget batches.
 
-Batches hold up to `max_tokens` padded target tokens, built from length-sorted buckets and
-shuffled per epoch from `seed + epoch`, so a batch order is a pure function of the epoch.
-The datamodule records how many batches of the current epoch were consumed in its
-checkpoint state; a resumed run skips exactly those and continues the same order.
+Batches hold up to `max_tokens` padded tokens (longest side), built by `core.batching`: the
+order is a pure function of the epoch and resumes mid-epoch exactly.
 """
 
 from __future__ import annotations
@@ -11,11 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning as L
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
+from core.batching import LengthBatchSampler, ResumableDataModule
 from core.data_dir import REPO_ROOT, resolve_data_dir
 from nmt.vocab import BOS_ID, EOS_ID, PAD_ID, Vocab, build_vocab
 
@@ -59,83 +56,6 @@ class ParallelSplit:
         return i
 
 
-class EpochPermutation(Sampler[int]):
-    """Sentence order for one epoch: a permutation seeded by `seed + epoch` (or identity).
-
-    Lightning calls `set_epoch` on `batch_sampler.sampler`, which is how the batch sampler
-    above it learns the epoch.
-    """
-
-    def __init__(self, size: int, shuffle: bool, seed: int = 0) -> None:
-        self.size, self.shuffle, self.seed, self.epoch = size, shuffle, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        if not self.shuffle:
-            return iter(range(self.size))
-        return iter(np.random.default_rng(self.seed + self.epoch).permutation(self.size).tolist())
-
-    def __len__(self) -> int:
-        return self.size
-
-
-class TokenBatchSampler(Sampler[list[int]]):
-    """Index batches of at most `max_tokens` padded tokens (max length x batch size).
-
-    The epoch's sentence order (`self.sampler`) is stably sorted by (target, source) length,
-    cut into batches, and the batch order shuffled from `seed + epoch`. With several processes
-    each rank takes every `num_replicas`-th batch (same count on every rank). `resume_at(epoch,
-    n)` makes the iteration of that epoch start after its first `n` batches.
-    """
-
-    def __init__(self, src_lens: list[int], tgt_lens: list[int], max_tokens: int, shuffle: bool,
-                 seed: int = 0, rank: int = 0, num_replicas: int = 1) -> None:
-        self.src_lens, self.tgt_lens = np.asarray(src_lens), np.asarray(tgt_lens)
-        self.sampler = EpochPermutation(len(src_lens), shuffle, seed)
-        self.max_tokens, self.shuffle, self.seed = max_tokens, shuffle, seed
-        self.rank, self.num_replicas = rank, num_replicas
-        self._resume: tuple[int, int] | None = None
-
-    def resume_at(self, epoch: int, batches_done: int) -> None:
-        self._resume = (epoch, batches_done)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
-
-    def batches(self) -> list[list[int]]:
-        order = np.asarray(list(self.sampler), dtype=np.int64)
-        order = order[np.lexsort((self.src_lens[order], self.tgt_lens[order]))]
-        batches, current, longest = [], [], 0
-        for i in order.tolist():
-            need = max(self.tgt_lens[i], self.src_lens[i])
-            if current and max(longest, need) * (len(current) + 1) > self.max_tokens:
-                batches.append(current)
-                current, longest = [], 0
-            current.append(i)
-            longest = max(longest, need)
-        if current:
-            batches.append(current)
-        if self.shuffle:
-            rng = np.random.default_rng([self.seed, self.sampler.epoch])
-            batches = [batches[j] for j in rng.permutation(len(batches))]
-        per_rank = len(batches) // self.num_replicas
-        return batches[self.rank :: self.num_replicas][:per_rank]
-
-    def __iter__(self):
-        batches = self.batches()
-        skip = 0
-        if self._resume is not None and self._resume[0] == self.sampler.epoch:
-            skip = self._resume[1]
-        self._resume = None
-        yield from batches[skip:]
-
-    def __len__(self) -> int:
-        # The full epoch even when resuming: Lightning counts the skipped batches as done.
-        return len(self.batches())
-
-
 def collate(split: ParallelSplit, indices: list[int]) -> dict:
     """Padded tensors: src = ids+EOS, tgt_in = BOS+ids, tgt_out = ids+EOS; plus raw text."""
     src = [split.src_ids[i] + [EOS_ID] for i in indices]
@@ -156,7 +76,7 @@ def collate(split: ParallelSplit, indices: list[int]) -> dict:
     }
 
 
-class TranslationDataModule(L.LightningDataModule):
+class TranslationDataModule(ResumableDataModule):
     """Parallel corpus `<split>.<lang>` files + SentencePiece + token-budget batching.
 
     Args:
@@ -188,8 +108,6 @@ class TranslationDataModule(L.LightningDataModule):
         self.vocab: Vocab = build_vocab(src_train, tgt_train, vocab_size, spm_model_type, joint_vocab,
                                         Path(cache_dir))
         self.splits: dict[str, ParallelSplit] = {}
-        self._resume: dict | None = None
-        self._train_sampler: TokenBatchSampler | None = None
 
     def _files(self, name: str) -> tuple[Path, Path]:
         stem = self.split_names[name]
@@ -225,39 +143,21 @@ class TranslationDataModule(L.LightningDataModule):
                 src, tgt = [src[i] for i in keep], [tgt[i] for i in keep]
             self.splits[name] = ParallelSplit(name, src_ids, tgt_ids, src, tgt)
 
-    def _loader(self, name: str, shuffle: bool, max_tokens: int) -> DataLoader:
+    def _loader(self, name: str, train: bool, max_tokens: int) -> DataLoader:
         split = self.splits[name]
-        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        sampler = TokenBatchSampler(
-            [len(s) + 1 for s in split.src_ids], [len(t) + 1 for t in split.tgt_ids], max_tokens,
-            shuffle=shuffle, seed=self.seed, rank=rank if shuffle else 0, num_replicas=world if shuffle else 1,
+        rank, world = self.shard() if train else (0, 1)
+        src_lens, tgt_lens = [len(s) + 1 for s in split.src_ids], [len(t) + 1 for t in split.tgt_ids]
+        sampler = LengthBatchSampler(
+            [max(s, t) for s, t in zip(src_lens, tgt_lens, strict=True)], max_tokens=max_tokens,
+            shuffle=train, seed=self.seed, rank=rank, num_replicas=world, tiebreak=src_lens,
         )
-        # An own generator: creating an iterator must not draw from the global RNG, or a run
-        # resumed mid-epoch would see different dropout masks than an uninterrupted one.
-        return DataLoader(split, batch_sampler=sampler, collate_fn=lambda idx: collate(split, idx),
-                          generator=torch.Generator().manual_seed(self.seed))
+        return self.make_loader(split, sampler, lambda idx: collate(split, idx), train=train)
 
     def train_dataloader(self) -> DataLoader:
-        loader = self._loader("train", True, self.max_tokens)
-        self._train_sampler = loader.batch_sampler
-        if self._resume is not None:
-            self._train_sampler.resume_at(self._resume["epoch"], self._resume["batches_done"])
-            self._resume = None
-        return loader
+        return self._loader("train", True, self.max_tokens)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", False, self.eval_max_tokens)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", False, self.eval_max_tokens)
-
-    def state_dict(self) -> dict:
-        """Position in the epoch's batch order, saved in every checkpoint."""
-        if self.trainer is None:
-            return {}
-        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
-        return {"epoch": self.trainer.current_epoch, "batches_done": progress.processed}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        if state_dict:
-            self._resume = dict(state_dict)

@@ -82,7 +82,7 @@ class TranslationModule(L.LightningModule):
                                               self.cfg.pad_id)
         loss = loss_sum / max(1, ntokens)
         self.log("train/loss", loss, prog_bar=True, batch_size=ntokens)
-        self.log("train/tokens", float(ntokens), reduce_fx="sum", on_step=False, on_epoch=True)
+        self.log("train/tokens", float(ntokens), reduce_fx="sum", on_step=False, on_epoch=True, sync_dist=True)
         return loss
 
     def translate(self, src: torch.Tensor, beam_size: int) -> list[list[int]]:

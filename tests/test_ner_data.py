@@ -20,7 +20,7 @@ from ner.conll import (
     read_conll,
     to_iob2,
 )
-from ner.data import CoNLLDataModule, LengthBatchSampler
+from ner.data import CoNLLDataModule
 
 # Where CoNLLDataModule looks by default: $DATA_DIR, else ../shared/data beside the repo.
 CONLL = Path(os.environ.get("DATA_DIR") or REPO_ROOT.parent / "shared" / "data") / "conll2003"
@@ -214,19 +214,6 @@ def test_data_module_batches(tmp_path: Path) -> None:
     assert batch["word_ids"].tolist() == [[-1, 0, 1, -1]]
     assert batch["casing"].tolist() == [[5, 2, 0, 5]]
     assert [p.name for p in dm.data_files()] == ["eng.train", "eng.testa", "eng.testb"]
-
-
-def test_token_budget_batches_respect_budget_and_cover_all() -> None:
-    lengths = [5, 30, 7, 12, 12, 3, 40, 8, 9, 22] * 5
-    for shuffle in (False, True):
-        sampler = LengthBatchSampler(lengths, batch_tokens=64, shuffle=shuffle, seed=1)
-        assert len(sampler) == len(list(sampler))
-        batches = list(sampler)
-        assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
-        assert all(max(lengths[i] for i in b) * len(b) <= 64 for b in batches)
-    sampler = LengthBatchSampler(lengths, batch_size=8, shuffle=True)
-    first, second = list(sampler), list(sampler)
-    assert first != second and len(first) == len(second) == 7
 
 
 def test_label_list_is_o_then_b_i_per_type() -> None:

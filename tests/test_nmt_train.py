@@ -24,24 +24,24 @@ def _weights(ckpt: Path) -> dict:
     return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
 
 
-def test_resume_mid_epoch_equals_uninterrupted_run(multi30k_slice, tmp_path):
+@pytest.mark.parametrize("interruption", [
+    ["--trainer.max_steps", "9", "--checkpoint.every_n_train_steps", "1"],   # mid-epoch, after an SWA snapshot
+    ["--trainer.max_steps", "12", "--checkpoint.every_n_train_steps", "1"],  # on the last batch of an epoch
+    ["--trainer.max_epochs", "2"],                                           # the usual end-of-epoch checkpoint
+], ids=["mid-epoch", "last-batch", "epoch-end"])
+def test_resume_equals_uninterrupted_run(multi30k_slice, tmp_path, interruption):
     # Accumulation 2 and SWA from the first epoch: the optimizer, the accumulation position,
     # the SWA average, the RNG (dropout) and the batch order must all survive the restart.
-    common = ["--trainer.accumulate_grad_batches", "2", "--trainer.max_epochs", "20", "--test", "false",
-              "--trainer.limit_val_batches", "0", "--checkpoint.every_n_train_steps", "1",
-              "--trainer.callbacks+=core.swa.SWA", "--trainer.callbacks.start_epoch=0", "--data.max_tokens", "800"]
-    straight = train_main(tiny_nmt_args(multi30k_slice, tmp_path / "a", *common, "--trainer.max_steps", "18"))
-    steps_per_epoch = straight.trainer.num_training_batches // 2
-    half = 9
-    assert half % steps_per_epoch, "the checkpoint must fall in the middle of an epoch"
-    assert half > steps_per_epoch, "the checkpoint must come after an SWA snapshot"
+    common = ["--trainer.accumulate_grad_batches", "2", "--test", "false", "--trainer.limit_val_batches", "0",
+              "--trainer.callbacks+=core.swa.SWA", "--trainer.callbacks.start_epoch=0", "--data.max_tokens", "800",
+              "--trainer.max_epochs", "3"]
+    straight = train_main(tiny_nmt_args(multi30k_slice, tmp_path / "a", *common))
+    assert straight.trainer.num_training_batches == 12, "the cases above assume 6 steps an epoch"
 
-    first = train_main(tiny_nmt_args(multi30k_slice, tmp_path / "b", *common, "--trainer.max_steps", str(half)))
+    first = train_main(tiny_nmt_args(multi30k_slice, tmp_path / "b", *common, *interruption))
     last = Path(first.trainer.checkpoint_callback.dirpath) / "last.ckpt"
-    assert torch.load(last, weights_only=False)["global_step"] == half
-    resumed = train_main(tiny_nmt_args(multi30k_slice, tmp_path / "b", *common, "--trainer.max_steps", "18",
-                                       "--ckpt_path", str(last)))
-    assert resumed.trainer.global_step == 18
+    resumed = train_main(tiny_nmt_args(multi30k_slice, tmp_path / "b", *common, "--ckpt_path", str(last)))
+    assert (resumed.trainer.global_step, resumed.trainer.current_epoch) == (18, 3)
     a, b = straight.model.model.state_dict(), resumed.model.model.state_dict()
     for name in a:
         assert torch.equal(a[name], b[name]), name

@@ -13,7 +13,7 @@ from torch import nn
 
 from core.schedules import ExponentialSchedule, NoamSchedule, PlateauSchedule, TriangleSchedule
 from core.swa import SWA
-from nmt.data import TokenBatchSampler, read_parallel
+from nmt.data import read_parallel
 from nmt.loss import label_smoothed_ce
 
 
@@ -179,21 +179,3 @@ def test_read_parallel_checks(tmp_path):
     assert (s, t, dropped) == (["one", "three"], ["eins", "drei"], 1)
     with pytest.raises(FileNotFoundError, match="missing"):
         read_parallel(tmp_path / "missing.en", tgt)
-
-
-def test_token_batches_respect_budget_and_shard():
-    g = torch.Generator().manual_seed(0)
-    src = torch.randint(1, 40, (500,), generator=g).tolist()
-    tgt = torch.randint(1, 40, (500,), generator=g).tolist()
-    sampler = TokenBatchSampler(src, tgt, max_tokens=300, shuffle=True, seed=3)
-    batches = list(sampler)
-    assert sorted(i for b in batches for i in b) == list(range(500))
-    assert all(max(max(src[i], tgt[i]) for i in b) * len(b) <= 300 for b in batches)
-    sampler.set_epoch(1)
-    assert list(sampler) != batches and len(list(sampler)) == len(batches)
-    sampler.set_epoch(0)
-    assert list(sampler) == batches  # the order is a function of the epoch
-    sampler.resume_at(0, 5)
-    assert list(sampler) == batches[5:]
-    ranks = [TokenBatchSampler(src, tgt, 300, True, seed=3, rank=r, num_replicas=2).batches() for r in (0, 1)]
-    assert len(ranks[0]) == len(ranks[1]) and not set(map(tuple, ranks[0])) & set(map(tuple, ranks[1]))
