@@ -1,0 +1,276 @@
+"""Low-rank surgery: truncated-SVD factorised linear layers and embeddings.
+
+A dense weight W (out x in) is replaced by U (out x r) @ V (r x in) from its truncated SVD,
+which is the best rank-r approximation in Frobenius norm (Eckart-Young): the squared error is
+the sum of the discarded squared singular values. The rank is an int, or a float in (0, 1]
+meaning "the smallest rank keeping at least this fraction of the spectral energy sum(s^2)".
+A rank >= min(out, in) saves nothing: it is refused with a ValueError (keep the layer dense).
+
+Embeddings get the ALBERT form: a vocab x H table then an H x d projection; the module's
+`.weight` is the effective vocab x d matrix, so tied output projections
+(`hidden @ embed.tokens.weight.t()` in nmt/model.py) keep working unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Rank = int | float
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of distinct parameters (tied weights counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def select_rank(singular_values: Tensor, rank: Rank) -> int:
+    """The rank to keep: `rank` itself if an int, else the smallest r whose leading singular
+    values hold at least the fraction `rank` of the energy sum(s^2)."""
+    if isinstance(rank, bool) or not isinstance(rank, int | float):
+        raise TypeError(f"rank must be an int or a float energy fraction, got {rank!r}")
+    if isinstance(rank, int):
+        if rank < 1:
+            raise ValueError(f"rank must be >= 1, got {rank}")
+        return rank
+    if not 0.0 < rank <= 1.0:
+        raise ValueError(f"energy fraction must be in (0, 1], got {rank}")
+    energy = singular_values.double().square()
+    kept = energy.cumsum(0) / energy.sum()
+    # Tolerance so that e.g. a fraction of exactly 1.0 is not lost to round-off.
+    return int((kept < rank - 1e-12).sum()) + 1
+
+
+class RankTooHighError(ValueError):
+    """The requested rank would not make the matrix smaller: keep the layer dense."""
+
+
+def _check_rank(r: int, rows: int, cols: int, what: str, allow_full_rank: bool) -> None:
+    limit = min(rows, cols)
+    if r > limit or (r == limit and not allow_full_rank):
+        raise RankTooHighError(
+            f"rank {r} >= min{(rows, cols)} = {limit} for {what}: a factorisation would not be "
+            f"smaller than the dense matrix; keep this layer dense"
+        )
+
+
+def truncated_svd(weight: Tensor, rank: Rank, what: str = "the matrix",
+                  allow_full_rank: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """(U_r, s_r, Vh_r) of `weight`, computed in float64 (W ~= U_r diag(s_r) Vh_r).
+
+    Raises ValueError if the selected rank is >= min(weight.shape) (unless `allow_full_rank`
+    and it equals min(weight.shape)).
+    """
+    u, s, vh = torch.linalg.svd(weight.detach().double(), full_matrices=False)
+    r = select_rank(s, rank)
+    _check_rank(r, *weight.shape, what, allow_full_rank)
+    return u[:, :r], s[:r], vh[:r]
+
+
+class FactorizedLinear(nn.Module):
+    """y = x V^T U^T + b: a drop-in for `nn.Linear(in_features, out_features)` of rank `rank`.
+
+    Built from a trained layer with `from_linear`; U carries sqrt(s) and V carries sqrt(s), so
+    both factors have balanced scales for fine-tuning.
+    """
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.U = nn.Parameter(torch.empty(out_features, rank))
+        self.V = nn.Parameter(torch.empty(rank, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        nn.init.normal_(self.U, std=rank**-0.5)
+        nn.init.normal_(self.V, std=in_features**-0.5)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, rank: Rank, allow_full_rank: bool = False,
+                    what: str = "this linear layer") -> FactorizedLinear:
+        """Truncated SVD of `linear.weight`; `allow_full_rank` permits r = min(dims) (exactness tests)."""
+        return cls._from_svd(linear, *truncated_svd(linear.weight, rank, what, allow_full_rank))
+
+    @classmethod
+    def _from_svd(cls, linear: nn.Linear, u: Tensor, s: Tensor, vh: Tensor) -> FactorizedLinear:
+        root = s.sqrt()
+        out = cls(linear.in_features, linear.out_features, len(s), bias=linear.bias is not None)
+        out.to(device=linear.weight.device, dtype=linear.weight.dtype)
+        with torch.no_grad():
+            out.U.copy_(u * root)
+            out.V.copy_(root[:, None] * vh)
+            if linear.bias is not None:
+                out.bias.copy_(linear.bias)
+        out.train(linear.training)
+        return out
+
+    @property
+    def weight(self) -> Tensor:
+        """The effective (out x in) weight U @ V."""
+        return self.U @ self.V
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(F.linear(x, self.V), self.U, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+def factorize_linears(model: nn.Module, pattern: str, rank: Rank, skip_full_rank: bool = False) -> dict:
+    """Swap every `nn.Linear` whose module name matches `pattern` (re.search) for a FactorizedLinear.
+
+    All ranks are checked before anything is swapped, so on error the model is unchanged.
+    With `skip_full_rank`, layers whose rank would be >= min(dims) stay dense (listed under
+    "dense") instead of raising. A rank below min(dims) but above out*in/(out+in) still grows
+    the layer: that is allowed but warned about. Returns {"params_before", "params_after", "layers": {name:
+    {"rank", "shape", "params_before", "params_after"}}, "dense": [names]}.
+    """
+    regex = re.compile(pattern)
+    linears = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    chosen = {name: m for name, m in linears.items() if regex.search(name)}
+    if not chosen:
+        some = ", ".join(list(linears)[:6]) or "none"
+        raise ValueError(f"pattern '{pattern}' matches no nn.Linear of the model; "
+                         f"available names include: {some}")
+    before = count_parameters(model)
+    plans: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
+    dense: list[str] = []
+    for name, linear in chosen.items():
+        try:
+            plans[name] = truncated_svd(linear.weight, rank, f"layer {name!r}")
+        except RankTooHighError:
+            if not skip_full_rank:
+                raise
+            dense.append(name)
+    layers = {}
+    for name, svd in plans.items():
+        linear = chosen[name]
+        new = FactorizedLinear._from_svd(linear, *svd)
+        _set_submodule(model, name, new)
+        layers[name] = {"rank": new.rank, "shape": [linear.out_features, linear.in_features],
+                        "params_before": sum(p.numel() for p in linear.parameters()),
+                        "params_after": sum(p.numel() for p in new.parameters())}
+    grown = [name for name, v in layers.items() if v["params_after"] > v["params_before"]]
+    if grown:
+        warnings.warn(f"factorising made {len(grown)} layer(s) larger than dense (rank above "
+                      f"out*in/(out+in)): {', '.join(grown[:6])}", stacklevel=2)
+    return {"params_before": before, "params_after": count_parameters(model), "layers": layers, "dense": dense}
+
+
+class FactorizedEmbedding(nn.Module):
+    """Embedding of rank H: a (num_embeddings x H) table then an (H x embedding_dim) projection.
+
+    `weight` is the effective (num_embeddings x embedding_dim) matrix, so code that reads
+    `embedding.weight` (tied output projections, vocabulary checks via `num_embeddings`) works.
+    The padding row of the table receives no gradient, as in `nn.Embedding`.
+    """
+
+    def __init__(self, num_embeddings: int, rank: int, embedding_dim: int, padding_idx: int | None = None) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim, self.rank = num_embeddings, embedding_dim, rank
+        self.table = nn.Embedding(num_embeddings, rank, padding_idx=padding_idx)
+        self.proj = nn.Parameter(torch.empty(rank, embedding_dim))
+        nn.init.normal_(self.proj, std=rank**-0.5)
+
+    @property
+    def padding_idx(self) -> int | None:
+        return self.table.padding_idx
+
+    @classmethod
+    def from_embedding(cls, embedding: nn.Embedding, rank: Rank, allow_full_rank: bool = False,
+                       what: str = "this embedding") -> FactorizedEmbedding:
+        """Truncated SVD of a trained table: table = U_r diag(s_r), proj = Vh_r (orthonormal rows).
+
+        The padding index is kept; the padding row is copied as is (exactly 0 if it was 0).
+        """
+        u, s, vh = truncated_svd(embedding.weight, rank, what, allow_full_rank)
+        out = cls(embedding.num_embeddings, len(s), embedding.embedding_dim, embedding.padding_idx)
+        out.to(device=embedding.weight.device, dtype=embedding.weight.dtype)
+        with torch.no_grad():
+            out.table.weight.copy_(u * s)
+            out.proj.copy_(vh)
+            if embedding.padding_idx is not None and not embedding.weight[embedding.padding_idx].any():
+                out.table.weight[embedding.padding_idx].zero_()
+        out.train(embedding.training)
+        return out
+
+    @property
+    def weight(self) -> Tensor:
+        """The effective (num_embeddings x embedding_dim) matrix table @ proj."""
+        return self.table.weight @ self.proj
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.table(ids) @ self.proj
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_embeddings}, rank={self.rank}, {self.embedding_dim}, "
+                f"padding_idx={self.padding_idx}")
+
+
+def _embedding_path(model: nn.Module) -> str:
+    """Module name of the token embedding: `embed.tokens` (Seq2SeqTransformer) or
+    `embeddings.word_embeddings` (BertModel), also under a `bert.` attribute (TaggerModule)."""
+    for path in ("embed.tokens", "embeddings.word_embeddings", "bert.embeddings.word_embeddings"):
+        try:
+            module = model.get_submodule(path)
+        except AttributeError:
+            continue
+        if isinstance(module, FactorizedEmbedding):
+            raise ValueError(f"{path} is already factorised (rank {module.rank})")
+        if isinstance(module, nn.Embedding):
+            return path
+    raise ValueError(f"{type(model).__name__} has no token embedding at embed.tokens (Seq2SeqTransformer) "
+                     "or embeddings.word_embeddings (BertModel)")
+
+
+def factorize_embedding(model: nn.Module, rank: Rank, allow_full_rank: bool = False) -> dict:
+    """Replace the model's token embedding by a FactorizedEmbedding of `rank` (in place).
+
+    Works for Seq2SeqTransformer (`embed.tokens`, whose weight is also the tied output
+    projection) and BertModel (`embeddings.word_embeddings`) or a module holding it as `bert`.
+    Returns {"name", "rank", "params_before", "params_after"} (whole-model parameter counts).
+    """
+    path = _embedding_path(model)
+    before = count_parameters(model)
+    new = FactorizedEmbedding.from_embedding(model.get_submodule(path), rank, allow_full_rank, f"embedding {path!r}")
+    _set_submodule(model, path, new)
+    return {"name": path, "rank": new.rank, "params_before": before, "params_after": count_parameters(model)}
+
+
+def factorization_spec(model: nn.Module) -> dict:
+    """What was factorised, JSON-able, for rebuilding the architecture from a checkpoint:
+    {"linears": {name: rank}, "embeddings": {name: rank}}."""
+    spec: dict[str, dict[str, int]] = {"linears": {}, "embeddings": {}}
+    for name, m in model.named_modules():
+        if isinstance(m, FactorizedLinear):
+            spec["linears"][name] = m.rank
+        elif isinstance(m, FactorizedEmbedding):
+            spec["embeddings"][name] = m.rank
+    return spec
+
+
+def apply_factorization_spec(model: nn.Module, spec: dict) -> None:
+    """Give a freshly built dense model the factorised shapes of `spec` (from `factorization_spec`)
+    so the compressed state dict loads into it; weights are placeholders until loaded."""
+    for kind, dense_type in (("linears", nn.Linear), ("embeddings", nn.Embedding)):
+        for name, rank in spec.get(kind, {}).items():
+            try:
+                dense = model.get_submodule(name)
+            except AttributeError:
+                raise ValueError(f"factorised {kind[:-1]} {name!r} of the checkpoint does not exist in "
+                                 f"{type(model).__name__}") from None
+            if not isinstance(dense, dense_type):
+                raise ValueError(f"{name!r} is a {type(dense).__name__}, expected a dense {dense_type.__name__}")
+            if kind == "linears":
+                new: nn.Module = FactorizedLinear(dense.in_features, dense.out_features, rank, dense.bias is not None)
+            else:
+                new = FactorizedEmbedding(dense.num_embeddings, rank, dense.embedding_dim, dense.padding_idx)
+            new.to(device=dense.weight.device, dtype=dense.weight.dtype)
+            _set_submodule(model, name, new)
