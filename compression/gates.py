@@ -118,6 +118,19 @@ def detach_gates(model: nn.Module) -> dict[str, list[HardConcreteGates]]:
     return removed
 
 
+def p_open_table(model: nn.Module) -> dict[str, Tensor]:
+    """P(gate != 0) of every attached gate as {type: (layers, heads)} on CPU, NaN where a layer
+    has fewer heads than the widest (after pruning); the data of the gate heatmap."""
+    out: dict[str, Tensor] = {}
+    for kind, gates in attached_gates(model).items():
+        width = max(g.num_heads for g in gates)
+        table = torch.full((len(gates), width), float("nan"))
+        for i, g in enumerate(gates):
+            table[i, : g.num_heads] = g.p_open().detach().float().cpu()
+        out[kind] = table
+    return out
+
+
 def l0_penalty(gates: dict[str, list[HardConcreteGates]]) -> Tensor:
     """Sum of the L0 penalties of all gates in an `attach_gates` / `attached_gates` dict."""
     terms = [g.l0_penalty() for layers in gates.values() for g in layers]

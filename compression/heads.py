@@ -25,7 +25,9 @@ def check_types(types: list[str] | tuple[str, ...]) -> None:
         raise ValueError(f"unknown attention type(s) {bad}; valid types are {list(ATTENTION_TYPES)}")
 
 
-def _walk(module: nn.Module, family: str | None, name: str, out: dict[str, list[tuple[str, MultiHeadAttention]]]):
+def _walk(
+    module: nn.Module, family: str | None, name: str, out: dict[str, list[tuple[str, MultiHeadAttention]]]
+) -> None:
     if isinstance(module, BertModel):
         family = "bert"
     elif isinstance(module, EncoderLayer) and family != "bert":

@@ -61,7 +61,9 @@ def taylor_importance(
         for a, m in zip(attns, masks, strict=True):
             a.head_mask = m
         for batch in batches:
-            loss = loss_fn(model, batch)
+            # enable_grad: scoring needs a graph even when called inside no_grad (eval loops).
+            with torch.enable_grad():
+                loss = loss_fn(model, batch)
             # allow_unused: a layer with no heads left never reads its (empty) mask.
             grads = torch.autograd.grad(loss, masks, allow_unused=True)
             for total, g in zip(totals, grads, strict=True):

@@ -391,3 +391,4 @@ def test_bert_head_config_round_trip():
     ids, amask = bert_batch()
     with torch.no_grad():
         assert torch.equal(fresh(ids, amask), model(ids, amask))
+
