@@ -115,7 +115,10 @@ class TaggerModule(LightningModule):
         self._outputs.append(self._word_rows(batch, self._logits(batch)))
 
     def on_validation_epoch_end(self) -> None:
-        self.log_dict(self._score("val"))
+        scores = self._score("val")
+        self.log_dict(scores)
+        # TensorBoard's hparams view pairs the run's hyper-parameters with `hp_metric`.
+        self.log("hp_metric", scores["val/f1"])
 
     def on_test_epoch_end(self) -> None:
         self.log_dict(self._score("test"))

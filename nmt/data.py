@@ -98,6 +98,7 @@ class TranslationDataModule(ResumableDataModule):
         cache_dir: str = str(REPO_ROOT / "cache" / "spm"), limit_train: int | None = None,
     ) -> None:
         super().__init__()
+        self.save_hyperparameters()  # shown beside the model's in TensorBoard's hparams view
         self.root = resolve_data_dir(dir, subdir)
         self.src_lang, self.tgt_lang = src_lang, tgt_lang
         self.split_names = {"train": train_split, "val": val_split, "test": test_split}

@@ -113,6 +113,8 @@ class TranslationModule(L.LightningModule):
         scores = corpus_scores([h for _, _, h in outputs], [r for _, r, _ in outputs])
         self.log(f"{stage}/bleu", scores["bleu"], prog_bar=True)
         self.log(f"{stage}/chrf", scores["chrf"])
+        if stage == "val":  # TensorBoard's hparams view pairs the run's hyper-parameters with `hp_metric`
+            self.log("hp_metric", scores["bleu"])
         self.last_eval = {"stage": stage, **scores, "outputs": outputs}
         if isinstance(self.logger, TensorBoardLogger) and not self.trainer.sanity_checking:
             lines = [f"**src** {s}  \n**ref** {r}  \n**hyp** {h}" for s, r, h in outputs[: self.hparams.num_samples]]

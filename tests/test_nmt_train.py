@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO, requires_data, tiny_nmt_args
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from core.cli import main as train_main
 from nmt.translate import load_translator, translate_lines
@@ -83,7 +84,11 @@ def test_run_folder_records_config_commit_and_data(multi30k_slice, tmp_path):
     assert {Path(f["path"]).name for f in record["data_files"]} >= {"train.en", "train.de", "val.de"}
     assert all(len(f["sha256"]) == 64 and f["bytes"] > 0 for f in record["data_files"])
     assert "d_model: 32" in (run / "config.yaml").read_text()
-    assert list(run.glob("events.out.tfevents*"))
+    events = EventAccumulator(str(run))
+    events.Reload()
+    assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")  # the hparams view
+    assert {"train/loss", "test/bleu", "test/loss", "hp_metric"} <= set(events.Tags()["scalars"])
+    assert "test/samples/text_summary" in events.Tags()["tensors"]
 
 
 def test_checkpoint_alone_translates_identically(multi30k_slice, tmp_path):
