@@ -15,6 +15,7 @@ from seqeval.metrics import classification_report, f1_score, precision_score, re
 from tokenizers import Tokenizer
 from torch import Tensor, nn
 
+from compression.spec import CompressionHooks
 from core.batching import LengthBatchSampler
 from core.bert import BertConfig, BertModel
 from core.hf_import import check_vocab_size, default_checkpoint_dir, load_bert, load_tokenizer
@@ -28,7 +29,7 @@ def first_subtoken_mask(word_ids: Tensor) -> Tensor:
     return (word_ids >= 0) & (word_ids != prev)
 
 
-class TaggerModule(LightningModule):
+class TaggerModule(CompressionHooks, LightningModule):
     """BERT + (optional casing embedding) + dropout + linear head over IOB2 labels.
 
     `checkpoint_dir` is a HF BERT folder with weights (None: the default MiniLM); with
@@ -37,11 +38,17 @@ class TaggerModule(LightningModule):
     `casing` adds a zero-initialised embedding of the word's casing class to each sub-token,
     so training starts from exactly the pretrained model. `lr` only matters without a
     schedule callback, which sets the rate every step.
+
+    Compression (`compression.spec`) acts on `self.bert`: a pruned / factorised / shared /
+    gated encoder reloads from its checkpoint alone. `gate_types` (['bert_self']) attaches
+    hard-concrete head gates at construction, `l0_lambda` weights their L0 penalty in the
+    training loss, and `init_from` starts from a checkpoint's weights (not its optimizer).
     """
 
     def __init__(
         self, checkpoint_dir: str | None = None, bert_config: dict | None = None, casing: bool = False,
         dropout: float = 0.1, lr: float = 5e-5, weight_decay: float = 0.01, data_spec: dict | None = None,
+        gate_types: list[str] | None = None, l0_lambda: float = 0.0, init_from: str | None = None,
     ) -> None:
         super().__init__()
         if not data_spec or not data_spec.get("labels") or not data_spec.get("tokenizer"):
@@ -66,6 +73,10 @@ class TaggerModule(LightningModule):
         self.head = nn.Linear(hidden, len(self.labels))
         self._tokenizer: Tokenizer | None = None
         self._outputs: list[Tensor] = []
+        self.setup_compression(gate_types, init_from, l0_lambda)
+
+    def compressible_network(self) -> nn.Module:
+        return self.bert
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -80,9 +91,11 @@ class TaggerModule(LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["tokenizer_json"] = self.tokenizer.to_str()
+        self.save_compression(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._tokenizer = Tokenizer.from_str(checkpoint["tokenizer_json"])
+        self.load_compression(checkpoint)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, casing: Tensor | None = None) -> Tensor:
         """Label logits (B, T, num_labels) for padded sub-token ids."""
@@ -98,6 +111,8 @@ class TaggerModule(LightningModule):
         logits = self._logits(batch)
         loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        if (l0 := self.l0_term()) is not None:
+            loss = loss + l0
         return loss
 
     @staticmethod

@@ -8,7 +8,9 @@ import lightning as L
 import sacrebleu
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from torch import nn
 
+from compression.spec import CompressionHooks
 from nmt.loss import label_smoothed_ce
 from nmt.model import Seq2SeqConfig, Seq2SeqTransformer, count_parameters
 from nmt.search import beam_search, greedy_search
@@ -33,7 +35,7 @@ def _as_config(arch: Seq2SeqConfig | dict) -> Seq2SeqConfig:
     return arch if isinstance(arch, Seq2SeqConfig) else Seq2SeqConfig(**dict(arch))
 
 
-class TranslationModule(L.LightningModule):
+class TranslationModule(CompressionHooks, L.LightningModule):
     """Seq2seq transformer trained with label-smoothed cross-entropy.
 
     Args:
@@ -44,6 +46,13 @@ class TranslationModule(L.LightningModule):
         test_beam_size / length_penalty / max_len_a / max_len_b: decoding for test.
         num_samples: translations logged to TensorBoard per validation.
         data_spec: linked from the datamodule (vocabulary size, special ids).
+        gate_types: attention types (encoder_self, decoder_self, decoder_cross) given hard-concrete
+            head gates at construction (gate fine-tuning).
+        l0_lambda: weight of the gates' L0 penalty added to the training loss (needs gates).
+        init_from: checkpoint whose network weights (not optimizer state) start training; its
+            compression (pruned heads, factorisation, sharing, gates) is rebuilt first.
+
+    Compressed networks reload from their checkpoint alone (`compression.spec`).
     """
 
     def __init__(
@@ -51,6 +60,7 @@ class TranslationModule(L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.98), weight_decay: float = 0.0, label_smoothing: float = 0.1,
         val_beam_size: int = 1, test_beam_size: int = 5, length_penalty: float = 0.6,
         max_len_a: float = 1.2, max_len_b: int = 10, num_samples: int = 8, data_spec: dict | None = None,
+        gate_types: list[str] | None = None, l0_lambda: float = 0.0, init_from: str | None = None,
     ) -> None:
         super().__init__()
         if optimizer not in OPTIMIZERS:
@@ -60,6 +70,10 @@ class TranslationModule(L.LightningModule):
         self.model = Seq2SeqTransformer(cfg)
         self.vocab: Vocab | None = None
         self._outputs: list[tuple[str, str, str]] = []
+        self.setup_compression(gate_types, init_from, l0_lambda)
+
+    def compressible_network(self) -> nn.Module:
+        return self.model
 
     @property
     def cfg(self) -> Seq2SeqConfig:
@@ -82,6 +96,8 @@ class TranslationModule(L.LightningModule):
                                               self.cfg.pad_id)
         loss = loss_sum / max(1, ntokens)
         self.log("train/loss", loss, prog_bar=True, batch_size=ntokens)
+        if (l0 := self.l0_term()) is not None:
+            loss = loss + l0
         self.log("train/tokens", float(ntokens), reduce_fx="sum", on_step=False, on_epoch=True, sync_dist=True)
         return loss
 
@@ -137,6 +153,7 @@ class TranslationModule(L.LightningModule):
         return OPTIMIZERS[self.hparams.optimizer](groups, lr=self.hparams.lr, betas=self.hparams.betas)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.save_compression(checkpoint)
         if self.vocab is not None:
             checkpoint["vocab"] = self.vocab.to_state()
 
@@ -148,5 +165,6 @@ class TranslationModule(L.LightningModule):
             if differ:
                 detail = ", ".join(f"{k}: checkpoint {a} vs config {b}" for k, (a, b) in differ.items())
                 raise ValueError(f"checkpoint does not match the model config ({detail})")
+        self.load_compression(checkpoint)
         if "vocab" in checkpoint:
             self.vocab = Vocab.from_state(checkpoint["vocab"])

@@ -1,0 +1,214 @@
+"""One compression spec per network, so compressed checkpoints reload from the file alone.
+
+`compression_spec(network)` records everything that changes a network's *shape* after it is
+built from its config: shared layer stacks, pruned attention heads, factorised linears and
+embeddings, and attached head gates (by attention type). `apply_compression_spec(fresh, spec)`
+turns a freshly constructed dense network into that shape, so the compressed state dict then
+loads key for key. The LightningModules store the spec under `checkpoint["compression"]` in
+`on_save_checkpoint` and apply it in `on_load_checkpoint`, which Lightning calls before
+`load_state_dict` both in `load_from_checkpoint` and when the trainer resumes (and before the
+optimizer is built, so the optimizer sees the compressed parameters).
+
+Order of application: sharing first (the other specs name modules inside the shared stack,
+`...layers.layers.0...`), then heads (pruning slices dense `nn.Linear` projections, and a
+projection factorised after pruning needs the pruned sizes), then factorisation, then gates
+(one log-alpha per *remaining* head).
+
+`check_state_dict` turns the size mismatch torch would report for a compressed state dict
+loaded into a dense network (or vice versa) into one ValueError naming the differing keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from compression.factorize import apply_factorization_spec, factorization_spec
+from compression.gates import attach_gates, attached_gates, detach_gates, l0_penalty
+from compression.heads import attention_modules
+from compression.prune import KEPT_ATTR, apply_head_config, head_config
+from compression.sharing import apply_sharing_spec, sharing_spec
+
+SPEC_KEY = "compression"
+_HINT = ("a compressed (shared / head-pruned / factorised / gated) checkpoint must be opened with its "
+         f"'{SPEC_KEY}' spec — use the module's load_from_checkpoint(path), or `init_from`, "
+         "not load_state_dict on a dense model")
+
+
+def compression_spec(network: nn.Module) -> dict:
+    """JSON-able shape changes of `network`; {} for a dense network without gates.
+
+    Keys (each only when non-empty): "sharing" (`sharing_spec`), "heads" (`head_config`, only
+    if some attention went through head pruning), "factorization" (`factorization_spec`),
+    "gates" (sorted attention types that have gates attached).
+    """
+    spec: dict = {}
+    if sharing := sharing_spec(network):
+        spec["sharing"] = sharing
+    if any(hasattr(a, KEPT_ATTR) for attns in attention_modules(network).values() for a in attns):
+        spec["heads"] = head_config(network)
+    fact = factorization_spec(network)
+    if fact["linears"] or fact["embeddings"]:
+        spec["factorization"] = fact
+    if gates := attached_gates(network):
+        spec["gates"] = sorted(gates)
+    return spec
+
+
+def _structure(spec: Mapping) -> dict:
+    return {k: v for k, v in spec.items() if k != "gates"}
+
+
+def apply_compression_spec(network: nn.Module, spec: Mapping) -> nn.Module:
+    """Rebuild a freshly constructed dense `network` into the shape of `spec`, in place.
+
+    Gates already attached (e.g. by a `gate_types` hyperparameter at construction) are
+    replaced by the spec's gates, since the checkpoint's state dict decides. A network that
+    already has exactly the spec's structure (resuming in the process that compressed it) is
+    left as is; one compressed differently is a ValueError. Weights are placeholders until
+    the checkpoint's state dict is loaded.
+    """
+    unknown = sorted(set(spec) - {"sharing", "heads", "factorization", "gates"})
+    if unknown:
+        raise ValueError(f"unknown compression spec entries {unknown}")
+    current = compression_spec(network)
+    gates_now = current.get("gates")
+    if _structure(current) != _structure(spec):
+        if _structure(current):
+            raise ValueError(f"{type(network).__name__} is already compressed as {_structure(current)}, "
+                             f"which differs from the checkpoint's {_structure(spec)}")
+        detach_gates(network)  # gates are re-attached below, sized to the remaining heads
+        gates_now = None
+        if "sharing" in spec:
+            apply_sharing_spec(network, spec["sharing"])
+        if "heads" in spec:
+            apply_head_config(network, spec["heads"])
+        if "factorization" in spec:
+            apply_factorization_spec(network, spec["factorization"])
+    if gates_now != spec.get("gates"):
+        detach_gates(network)
+        if spec.get("gates"):
+            attach_gates(network, list(spec["gates"]))
+    return network
+
+
+def _describe(keys: list[str], limit: int = 6) -> str:
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def check_state_dict(module: nn.Module, state_dict: Mapping[str, Tensor], strict: bool = True,
+                     source: str = "checkpoint") -> None:
+    """Raise one clear ValueError if `state_dict` cannot load into `module`.
+
+    Shape mismatches always count; missing and unexpected keys only when `strict`.
+    """
+    own = module.state_dict()
+    shapes = [f"{k}: {tuple(state_dict[k].shape)} in the {source} vs {tuple(v.shape)} in the model"
+              for k, v in own.items() if k in state_dict and hasattr(state_dict[k], "shape")
+              and tuple(state_dict[k].shape) != tuple(v.shape)]
+    problems = [f"shapes differ ({_describe(shapes)})"] if shapes else []
+    if strict:
+        if missing := [k for k in own if k not in state_dict]:
+            problems.append(f"missing from the {source}: {_describe(missing)}")
+        if unexpected := [k for k in state_dict if k not in own]:
+            problems.append(f"not in the model: {_describe(unexpected)}")
+    if problems:
+        raise ValueError(f"the {source}'s weights do not fit {type(module).__name__}: "
+                         + "; ".join(problems) + f". Note: {_HINT}")
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A Lightning checkpoint file as a dict on CPU; a clear ValueError if it is not one."""
+    if not Path(path).is_file():
+        raise ValueError(f"init_from checkpoint {str(path)!r} does not exist")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ValueError(f"{str(path)!r} is not a Lightning checkpoint (no 'state_dict')")
+    return ckpt
+
+
+def init_weights_from(module: nn.Module, network: nn.Module, path: str | Path) -> dict:
+    """Give `module` the weights (not the optimizer state) of the checkpoint at `path`.
+
+    The checkpoint's compression spec is applied to `network` (the module's compressible
+    network) first; a state dict that still does not fit is a ValueError naming the keys.
+    Returns the checkpoint, for hooks that want more of it (e.g. a stored vocabulary).
+    """
+    ckpt = read_checkpoint(path)
+    apply_compression_spec(network, ckpt.get(SPEC_KEY) or {})
+    check_state_dict(module, ckpt["state_dict"], strict=True, source=f"init_from checkpoint {str(path)!r}")
+    nn.Module.load_state_dict(module, ckpt["state_dict"], strict=True)
+    return ckpt
+
+
+class CompressionHooks:
+    """Mixin for LightningModules whose network may be compressed (put it before LightningModule).
+
+    The module names its compressible network in `compressible_network()` and calls
+    `setup_compression` at the end of `__init__`, `save_compression` / `load_compression` from
+    its checkpoint hooks and adds `l0_term()` (None without gates) to its training loss. Its
+    `load_state_dict` checks shapes first and fails with one clear ValueError.
+    """
+
+    def compressible_network(self) -> nn.Module:
+        """The network whose shape compression changes (a Seq2SeqTransformer, a BertModel)."""
+        raise NotImplementedError
+
+    def setup_compression(self, gate_types: list[str] | None, init_from: str | None, l0_lambda: float) -> None:
+        """Validate `l0_lambda`, load `init_from` weights, then attach gates of `gate_types`
+        (types the `init_from` checkpoint already gated keep their trained log-alphas)."""
+        if l0_lambda < 0:
+            raise ValueError(f"l0_lambda must be >= 0, got {l0_lambda}")
+        network = self.compressible_network()
+        if init_from:
+            init_weights_from(self, network, init_from)  # type: ignore[arg-type]
+        if gate_types:
+            have = attached_gates(network)
+            new = [t for t in gate_types if t not in have]
+            if new:
+                attach_gates(network, new)
+
+    def save_compression(self, checkpoint: dict) -> None:
+        """Store the spec; drop `init_from` from the saved hyperparameters (the checkpoint now
+        holds the weights, so reloading it must not read the source file again)."""
+        checkpoint[SPEC_KEY] = compression_spec(self.compressible_network())
+        hparams = checkpoint.get("hyper_parameters")
+        if hparams and hparams.get("init_from"):
+            checkpoint["hyper_parameters"] = {**hparams, "init_from": None}
+
+    def load_compression(self, checkpoint: dict) -> None:
+        """Reshape the network to the checkpoint's spec (before Lightning loads its state dict)."""
+        if SPEC_KEY in checkpoint:
+            apply_compression_spec(self.compressible_network(), checkpoint[SPEC_KEY] or {})
+
+    def load_state_dict(self, state_dict: Mapping[str, Tensor], strict: bool = True, assign: bool = False):
+        """`nn.Module.load_state_dict`, after `check_state_dict` (a clear error, not a size mismatch)."""
+        check_state_dict(self, state_dict, strict=strict)  # type: ignore[arg-type]
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)  # type: ignore[misc]
+
+    def l0_term(self) -> Tensor | None:
+        """l0_lambda * L0 penalty of the attached gates (None when l0_lambda is 0).
+
+        With gates attached, logs `train/heads_open_<type>` (share of heads whose eval-time gate
+        is > 0, i.e. that pruning by gates would keep) and, with l0_lambda > 0, `train/l0`.
+        """
+        lam = float(self.hparams.get("l0_lambda") or 0.0)  # type: ignore[attr-defined]
+        gates = attached_gates(self.compressible_network())
+        for kind, layers in gates.items():
+            la = torch.cat([g.log_alpha.detach().flatten() for g in layers])
+            g0 = layers[0]
+            is_open = torch.sigmoid(la) * (g0.high - g0.low) + g0.low > 0
+            share = is_open.float().mean() if la.numel() else la.new_zeros(())
+            self.log(f"train/heads_open_{kind}", share)  # type: ignore[attr-defined]
+        if lam == 0.0:
+            return None
+        if not gates:
+            raise ValueError("l0_lambda > 0 but no head gates are attached: set gate_types "
+                             "(e.g. ['encoder_self'])")
+        penalty = l0_penalty(gates)
+        self.log("train/l0", penalty.detach())  # type: ignore[attr-defined]
+        return lam * penalty
