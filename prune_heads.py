@@ -1,0 +1,72 @@
+"""Prune attention heads of an NMT or NER checkpoint; write the pruned checkpoint and a report.
+
+    # Taylor importance on 500 training pairs, remove 75 % of encoder heads and 2 cross heads:
+    python prune_heads.py --ckpt RUN/checkpoints/last.ckpt --method taylor \\
+        --prune encoder_self=0.75,decoder_cross=2 --src train.en --ref train.de \\
+        --eval_src test_2016_flickr.en --eval_ref test_2016_flickr.de --output pruned.ckpt
+
+    # Gate fine-tuned checkpoint: keep heads whose eval-time gate is > 0.5 (gates removed):
+    python prune_heads.py --ckpt GATED.ckpt --method gates --gate_threshold 0.5 --output pruned.ckpt
+
+    # NER tagger, 30 % of all heads at random (baseline), F1 on the dev set:
+    python prune_heads.py --ckpt ner.ckpt --method random --prune 0.3 --eval_conll valid.txt --output p.ckpt
+
+Targets: `--prune N` (heads), `--prune 0.4` (fraction) over all attention types ranked
+together, or per type `TYPE=AMOUNT,...` (types: encoder_self, decoder_self, decoder_cross,
+bert_self). Writes `<output>` (reloads alone with `TranslationModule/TaggerModule
+.load_from_checkpoint(path, weights_only=False)`) and `<report>.json` / `<report>.md`
+(default: the output path without its suffix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from compression.pruning_pipeline import METHODS, PruneOptions, prune_checkpoint
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface (one flag per `PruneOptions` field)."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True, dest="checkpoint", help="TranslationModule or TaggerModule checkpoint")
+    p.add_argument("--output", required=True, help="pruned checkpoint to write")
+    p.add_argument("--method", required=True, choices=METHODS)
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--prune", help="N heads, a fraction, or TYPE=AMOUNT,... per attention type")
+    target.add_argument("--gate_threshold", type=float, help="gates: keep heads whose eval-time gate is > T")
+    p.add_argument("--src", help="NMT taylor scoring: source side of parallel text")
+    p.add_argument("--ref", help="NMT taylor scoring: target side of parallel text")
+    p.add_argument("--conll", help="NER taylor scoring: CoNLL file")
+    p.add_argument("--score_sentences", type=int, default=500, help="first N sentences used for scoring")
+    p.add_argument("--score_batch_size", type=int, default=32)
+    p.add_argument("--eval_src", help="NMT quality: source file (BLEU/chrF before and after)")
+    p.add_argument("--eval_ref", help="NMT quality: reference file")
+    p.add_argument("--eval_conll", help="NER quality: CoNLL file (entity F1 before and after)")
+    p.add_argument("--beam_size", type=int, default=5, help="NMT quality: beam size")
+    p.add_argument("--batch_sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16, 64],
+                   help="latency batch sizes, comma separated")
+    p.add_argument("--seq_len", type=int, default=24, help="tokens per sequence for FLOPs / latency")
+    p.add_argument("--latency_repeats", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0, help="random method / example inputs")
+    p.add_argument("--report", help="report path without suffix (default: output without suffix)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Parse `argv`, run the pipeline, print a short summary; bad input exits with one error line."""
+    args = build_parser().parse_args(argv)
+    try:
+        report = prune_checkpoint(PruneOptions(**vars(args)))
+    except (ValueError, FileNotFoundError) as err:
+        if argv is not None:  # called from Python (tests): let the caller see the exception
+            raise
+        sys.exit(f"prune_heads.py: error: {err}")
+    print(json.dumps({"heads_after": report["heads"]["after"], "quality": report["quality"]}, indent=2,
+                     default=str))
+    return report
+
+
+if __name__ == "__main__":
+    main()
