@@ -15,7 +15,18 @@ from seqeval.metrics import classification_report, f1_score, precision_score, re
 from tokenizers import Tokenizer
 from torch import Tensor, nn
 
+from compression.distill import kd_loss, teacher_logits
 from compression.spec import CompressionHooks
+from compression.student import (
+    attach_teacher,
+    check_kd_hparams,
+    get_teacher,
+    load_teacher,
+    parameter_line,
+    prepare_teacher,
+    save_kd,
+    shape_bert_student,
+)
 from core.batching import LengthBatchSampler
 from core.bert import BertConfig, BertModel
 from core.hf_import import check_vocab_size, default_checkpoint_dir, load_bert, load_tokenizer
@@ -43,12 +54,24 @@ class TaggerModule(CompressionHooks, LightningModule):
     gated encoder reloads from its checkpoint alone. `gate_types` (['bert_self']) attaches
     hard-concrete head gates at construction, `l0_lambda` weights their L0 penalty in the
     training loss, and `init_from` starts from a checkpoint's weights (not its optimizer).
+
+    Students: `bert_config` (fewer layers / hidden / heads / intermediate) builds a fresh small
+    encoder; `factorize_embedding_rank` (SVD-factorised word embedding) and `share_layers`
+    ({k, n, init_from}: k distinct layers applied n times, copied from encoder layer `init_from`
+    of the pretrained / `init_from` weights, or fresh with init_from null) are applied at
+    construction, after `init_from` weights are loaded, and recorded in the checkpoint's
+    compression spec. `teacher` is a trained TaggerModule checkpoint with the same label list
+    and tokenizer vocabulary; with it the training loss is token-level
+    `kd_loss` (kd_alpha * T^2 * KL + (1 - kd_alpha) * CE, sub-tokens labelled -100 excluded).
+    The teacher is frozen, in eval mode, and kept out of the state dict and checkpoint.
     """
 
     def __init__(
         self, checkpoint_dir: str | None = None, bert_config: dict | None = None, casing: bool = False,
         dropout: float = 0.1, lr: float = 5e-5, weight_decay: float = 0.01, data_spec: dict | None = None,
         gate_types: list[str] | None = None, l0_lambda: float = 0.0, init_from: str | None = None,
+        factorize_embedding_rank: int | None = None, share_layers: dict | None = None,
+        teacher: str | None = None, kd_alpha: float = 0.5, kd_temperature: float = 2.0,
     ) -> None:
         super().__init__()
         if not data_spec or not data_spec.get("labels") or not data_spec.get("tokenizer"):
@@ -73,7 +96,19 @@ class TaggerModule(CompressionHooks, LightningModule):
         self.head = nn.Linear(hidden, len(self.labels))
         self._tokenizer: Tokenizer | None = None
         self._outputs: list[Tensor] = []
-        self.setup_compression(gate_types, init_from, l0_lambda)
+        self.setup_compression(None, init_from, l0_lambda)  # weights first, then the student's shape
+        shape_bert_student(self.bert, factorize_embedding_rank, share_layers)
+        self.setup_compression(gate_types, None, l0_lambda)
+        check_kd_hparams(kd_alpha, kd_temperature)
+        attach_teacher(self, load_teacher(TaggerModule, teacher) if teacher else None)
+        if self.teacher is not None and self.teacher.labels != self.labels:
+            raise ValueError(f"teacher {teacher!r} has labels {self.teacher.labels} but the student has "
+                             f"{self.labels}: teacher and student must share the label set")
+
+    @property
+    def teacher(self) -> TaggerModule | None:
+        """The frozen teacher (not a registered submodule), or None without KD."""
+        return get_teacher(self)  # type: ignore[return-value]
 
     def compressible_network(self) -> nn.Module:
         return self.bert
@@ -88,10 +123,21 @@ class TaggerModule(CompressionHooks, LightningModule):
     def setup(self, stage: str) -> None:
         """Check, before any step, that the tokenizer's ids index the embedding table."""
         check_vocab_size(self.tokenizer, self.bert)
+        if self.teacher is not None and self.teacher.tokenizer.get_vocab() != self.tokenizer.get_vocab():
+            raise ValueError(f"teacher {self.hparams.teacher!r} and student use different tokenizer "
+                             "vocabularies: the teacher's logits would be for other sub-tokens")
+
+    def on_fit_start(self) -> None:
+        """Print the exact parameter count; move the teacher to this device, frozen."""
+        self.print(f"[model] student {parameter_line(self)}")
+        if prepare_teacher(self, self.device) is not None:
+            self.print(f"[kd] teacher {self.hparams.teacher}: {parameter_line(self.teacher)}; "
+                       f"alpha {self.hparams.kd_alpha}, T {self.hparams.kd_temperature}")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["tokenizer_json"] = self.tokenizer.to_str()
         self.save_compression(checkpoint)
+        save_kd(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._tokenizer = Tokenizer.from_str(checkpoint["tokenizer_json"])
@@ -107,13 +153,21 @@ class TaggerModule(CompressionHooks, LightningModule):
         return self(batch["input_ids"], batch["attention_mask"], batch["casing"])
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        """Cross-entropy over labelled sub-tokens (IGNORE elsewhere)."""
-        logits = self._logits(batch)
-        loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE)
+        """Cross-entropy over labelled sub-tokens (IGNORE elsewhere), or KD with a teacher."""
+        loss = self.training_loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         if (l0 := self.l0_term()) is not None:
             loss = loss + l0
         return loss
+
+    def training_loss(self, batch: dict[str, Tensor]) -> Tensor:
+        """Mean loss over labelled sub-tokens: CE, or token-level `kd_loss` with a teacher."""
+        logits = self._logits(batch)
+        if self.teacher is None:
+            return F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE)
+        t_logits = teacher_logits(self.teacher, batch["input_ids"], batch["attention_mask"], batch["casing"])
+        return kd_loss(logits, t_logits, batch["labels"], temperature=self.hparams.kd_temperature,
+                       alpha=self.hparams.kd_alpha, ignore_index=IGNORE)
 
     @staticmethod
     def _word_rows(batch: dict[str, Tensor], logits: Tensor) -> Tensor:

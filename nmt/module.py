@@ -10,7 +10,17 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
+from compression.distill import kd_loss, teacher_logits
 from compression.spec import CompressionHooks
+from compression.student import (
+    attach_teacher,
+    check_kd_hparams,
+    get_teacher,
+    load_teacher,
+    parameter_line,
+    prepare_teacher,
+    save_kd,
+)
 from nmt.loss import label_smoothed_ce
 from nmt.model import Seq2SeqConfig, Seq2SeqTransformer, count_parameters
 from nmt.search import beam_search, greedy_search
@@ -51,6 +61,13 @@ class TranslationModule(CompressionHooks, L.LightningModule):
         l0_lambda: weight of the gates' L0 penalty added to the training loss (needs gates).
         init_from: checkpoint whose network weights (not optimizer state) start training; its
             compression (pruned heads, factorisation, sharing, gates) is rebuilt first.
+        teacher: checkpoint of a trained TranslationModule to distil from (word-level KD over the
+            target positions, padding excluded). It must have the same vocabulary (size and
+            SentencePiece models); it is frozen, in eval mode and not part of this module's
+            state dict or checkpoint (the saved `teacher` hyperparameter is dropped).
+        kd_alpha / kd_temperature: training loss with a teacher is
+            kd_alpha * T^2 * KL(teacher_T || student_T) + (1 - kd_alpha) * label-smoothed CE
+            (`compression.distill.kd_loss`, mean over real target tokens).
 
     Compressed networks reload from their checkpoint alone (`compression.spec`).
     """
@@ -61,6 +78,7 @@ class TranslationModule(CompressionHooks, L.LightningModule):
         val_beam_size: int = 1, test_beam_size: int = 5, length_penalty: float = 0.6,
         max_len_a: float = 1.2, max_len_b: int = 10, num_samples: int = 8, data_spec: dict | None = None,
         gate_types: list[str] | None = None, l0_lambda: float = 0.0, init_from: str | None = None,
+        teacher: str | None = None, kd_alpha: float = 0.5, kd_temperature: float = 2.0,
     ) -> None:
         super().__init__()
         if optimizer not in OPTIMIZERS:
@@ -71,6 +89,30 @@ class TranslationModule(CompressionHooks, L.LightningModule):
         self.vocab: Vocab | None = None
         self._outputs: list[tuple[str, str, str]] = []
         self.setup_compression(gate_types, init_from, l0_lambda)
+        check_kd_hparams(kd_alpha, kd_temperature)
+        attach_teacher(self, load_teacher(TranslationModule, teacher) if teacher else None)
+        self._check_teacher_vocab()
+
+    @property
+    def teacher(self) -> TranslationModule | None:
+        """The frozen teacher (not a registered submodule), or None without KD."""
+        return get_teacher(self)  # type: ignore[return-value]
+
+    def _check_teacher_vocab(self) -> None:
+        """Teacher and student must share the vocabulary: same size / special ids and, once both
+        are known, the same SentencePiece models."""
+        teacher = self.teacher
+        if teacher is None:
+            return
+        keys = ("vocab_size", "pad_id", "bos_id", "eos_id")
+        differ = {k: (getattr(teacher.cfg, k), getattr(self.cfg, k)) for k in keys
+                  if getattr(teacher.cfg, k) != getattr(self.cfg, k)}
+        if differ:
+            detail = ", ".join(f"{k}: teacher {a} vs student {b}" for k, (a, b) in differ.items())
+            raise ValueError(f"teacher {self.hparams.teacher!r} and student must share the vocabulary ({detail})")
+        if teacher.vocab is not None and self.vocab is not None and teacher.vocab.to_state() != self.vocab.to_state():
+            raise ValueError(f"teacher {self.hparams.teacher!r} and student have different SentencePiece "
+                             "models: they must share the vocabulary")
 
     def compressible_network(self) -> nn.Module:
         return self.model
@@ -86,15 +128,31 @@ class TranslationModule(CompressionHooks, L.LightningModule):
                 raise ValueError(f"vocabulary of the data has {datamodule.vocab.size} pieces but the model "
                                  f"was built for {self.cfg.vocab_size}")
             self.vocab = datamodule.vocab
+        self._check_teacher_vocab()
 
     def on_fit_start(self) -> None:
         self.print(f"[model] {count_parameters(self.model):,} parameters; {asdict(self.cfg)}")
+        self.print(f"[model] student {parameter_line(self.model)}")
+        if prepare_teacher(self, self.device) is not None:
+            self.print(f"[kd] teacher {self.hparams.teacher}: {parameter_line(self.teacher.model)}; "
+                       f"alpha {self.hparams.kd_alpha}, T {self.hparams.kd_temperature}")
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_loss(self, batch: dict) -> tuple[torch.Tensor, int]:
+        """Per-token training loss (label-smoothed CE, or KD with a teacher) and the token count."""
         logits = self.model(batch["src"], batch["tgt_in"])
+        ntokens = int((batch["tgt_out"] != self.cfg.pad_id).sum())
+        if self.teacher is not None:
+            t_logits = teacher_logits(self.teacher.model, batch["src"], batch["tgt_in"])
+            loss = kd_loss(logits, t_logits, batch["tgt_out"], temperature=self.hparams.kd_temperature,
+                           alpha=self.hparams.kd_alpha, ignore_index=self.cfg.pad_id,
+                           label_smoothing=self.hparams.label_smoothing)
+            return loss, ntokens
         loss_sum, ntokens = label_smoothed_ce(logits, batch["tgt_out"], self.hparams.label_smoothing,
                                               self.cfg.pad_id)
-        loss = loss_sum / max(1, ntokens)
+        return loss_sum / max(1, ntokens), ntokens
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, ntokens = self.training_loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=ntokens)
         if (l0 := self.l0_term()) is not None:
             loss = loss + l0
@@ -154,6 +212,7 @@ class TranslationModule(CompressionHooks, L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         self.save_compression(checkpoint)
+        save_kd(checkpoint)
         if self.vocab is not None:
             checkpoint["vocab"] = self.vocab.to_state()
 

@@ -1,0 +1,124 @@
+"""Student building and teacher handling for knowledge distillation owned by the LightningModules.
+
+The modules (`TranslationModule`, `TaggerModule`) take `teacher` (a checkpoint path of the same
+module class), `kd_alpha` and `kd_temperature`. The teacher is loaded with
+`load_from_checkpoint`, frozen (`freeze_teacher`) and stored *outside* the module's registered
+children (`attach_teacher`), so it appears neither in `state_dict()` / the student's checkpoint
+nor in `parameters()` / the optimizer, and `module.train()` does not switch it back to training
+mode. `save_kd` drops the teacher path from a checkpoint's hyperparameters, so the student
+reloads from its checkpoint alone (the teacher file need not exist then).
+
+`shape_bert_student` applies the construction-time compression hyperparameters of a student
+encoder (`factorize_embedding_rank`, `share_layers`) through `compression.factorize` /
+`compression.sharing`, so `compression.spec` records them in the checkpoint like any other
+compression.
+
+Teacher-logit caching to disk is not implemented: the teacher runs in every training step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TypeVar
+
+from torch import nn
+
+from compression.distill import freeze_teacher
+from compression.factorize import FactorizedEmbedding, factorize_embedding
+from compression.report import parameter_counts
+from compression.sharing import SharedLayerStack, reset_parameters, share_layers
+
+TEACHER_ATTR = "_kd_teacher"
+M = TypeVar("M", bound=nn.Module)
+
+
+def check_kd_hparams(alpha: float, temperature: float) -> None:
+    """One clear ValueError for a KD temperature <= 0 or an alpha outside [0, 1]."""
+    if not temperature > 0:
+        raise ValueError(f"kd_temperature must be > 0, got {temperature}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"kd_alpha must be in [0, 1], got {alpha}")
+
+
+def load_teacher(cls: type[M], path: str | Path) -> M:
+    """The trained `cls` checkpoint at `path`, on CPU, frozen and in eval mode.
+
+    It is loaded with `teacher=None`, so a teacher that was itself distilled does not load
+    its own teacher.
+    """
+    if not Path(path).is_file():
+        raise ValueError(f"teacher checkpoint {str(path)!r} does not exist")
+    teacher = cls.load_from_checkpoint(path, map_location="cpu", weights_only=False, teacher=None)
+    return freeze_teacher(teacher)
+
+
+def attach_teacher(module: nn.Module, teacher: nn.Module | None) -> None:
+    """Keep `teacher` on `module` without registering it (no state dict, no parameters)."""
+    object.__setattr__(module, TEACHER_ATTR, teacher)
+
+
+def get_teacher(module: nn.Module) -> nn.Module | None:
+    """The teacher stored by `attach_teacher`, or None."""
+    return module.__dict__.get(TEACHER_ATTR)
+
+
+def prepare_teacher(module: nn.Module, device) -> nn.Module | None:
+    """Move the teacher to `device` and (re)freeze it; called at fit start."""
+    teacher = get_teacher(module)
+    if teacher is not None:
+        freeze_teacher(teacher.to(device))
+    return teacher
+
+
+def save_kd(checkpoint: dict) -> None:
+    """Drop the teacher path from the checkpoint's hyperparameters: the student stands alone."""
+    hparams = checkpoint.get("hyper_parameters")
+    if hparams and hparams.get("teacher"):
+        checkpoint["hyper_parameters"] = {**hparams, "teacher": None}
+
+
+def shape_bert_student(
+    bert: nn.Module, factorize_embedding_rank: int | None = None, share: Mapping | None = None,
+) -> nn.Module:
+    """Apply a student's construction-time compression to a BertModel, in place.
+
+    `share` = {"k", "n", "init_from" (optional: teacher layer index, list of k indices, or
+    None for fresh layers)} replaces `bert.layers` by k distinct layers applied n times;
+    `factorize_embedding_rank` swaps the word embedding for its rank-r SVD factorisation.
+    A network that already has exactly that shape (e.g. from an `init_from` checkpoint) is
+    left as is; a different existing shape is a ValueError.
+    """
+    if share:
+        unknown = sorted(set(share) - {"k", "n", "init_from"})
+        if unknown or "k" not in share or "n" not in share:
+            raise ValueError(f"share_layers must be {{k, n[, init_from]}}, got {dict(share)}")
+        k, n = int(share["k"]), int(share["n"])
+        if isinstance(bert.layers, SharedLayerStack):
+            if (bert.layers.k, bert.layers.n) != (k, n):
+                raise ValueError(f"encoder is already shared as {bert.layers.k} x {bert.layers.n}, "
+                                 f"share_layers asks for {k} x {n}")
+        else:
+            bert_init = getattr(bert, "_init_weights", None)
+
+            def fresh(layer: nn.Module) -> None:  # LayerNorms reset, Linear/Embedding BERT-initialised
+                reset_parameters(layer)
+                if bert_init is not None:
+                    layer.apply(bert_init)
+
+            bert.layers = share_layers(bert.layers, k, n, init_from=share.get("init_from"), init_fn=fresh)
+    if factorize_embedding_rank:
+        emb = bert.embeddings.word_embeddings
+        if isinstance(emb, FactorizedEmbedding):
+            if emb.rank != factorize_embedding_rank:
+                raise ValueError(f"word embedding is already factorised to rank {emb.rank}, "
+                                 f"factorize_embedding_rank asks for {factorize_embedding_rank}")
+        else:
+            factorize_embedding(bert, factorize_embedding_rank)
+    return bert
+
+
+def parameter_line(model: nn.Module) -> str:
+    """"N parameters (E embedding, rest non-embedding)", tied / shared weights counted once."""
+    c = parameter_counts(model)
+    return f"{c['total']:,} parameters ({c['embedding']:,} embedding, {c['non_embedding']:,} non-embedding)"
