@@ -26,7 +26,7 @@ def nmt_rows(r: dict) -> list[str]:
         f"{t['ratio']:.2f}× ({t['ours_tokens_per_s']:.0f} vs {t['torch_tokens_per_s']:.0f} tok/s, median) |",
         f"| decoding, sentences/s (greedy / beam 5) | {r['decode_sents_per_s']['greedy']:.1f} / "
         f"{r['decode_sents_per_s']['beam5']:.1f} |",
-        f"| sacreBLEU signature | `{r['sacrebleu_signature']}` |",
+        f"| sacreBLEU signature | `{r['sacrebleu_signature'].replace('|', chr(92) + '|')}` |",
         f"| measured at | `{r['git_commit'][:10]}`, `python benchmarks/nmt_multi30k.py --budget_minutes "
         f"{r['budget_minutes']:.0f} --epochs {r['planned_epochs']}` |",
     ]
