@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, requires_data, tiny_nmt_args
+from conftest import DATA, REPO, requires_data, tiny_nmt_args
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from core.cli import main as train_main
+from nmt.module import corpus_scores
 from nmt.translate import load_translator, translate_lines
 
 pytestmark = requires_data
@@ -130,3 +131,24 @@ def test_ddp_two_cpu_processes(multi30k_slice, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "world_size: 2" in proc.stderr + proc.stdout or "MEMBER: 2/2" in proc.stderr + proc.stdout
     assert list(tmp_path.rglob("last.ckpt"))
+
+
+def test_tiny_model_overfits_64_pairs(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for lang in ("en", "de"):
+        lines = (DATA / "multi30k" / f"train.{lang}").read_text(encoding="utf-8").splitlines()[:64]
+        for stem in ("train", "val", "test_2016_flickr"):
+            (data / f"{stem}.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    cli = train_main(tiny_nmt_args(
+        data, tmp_path, "--model.init_args.arch", '{"d_model": 64, "num_heads": 4, "d_ff": 256, '
+        '"encoder_layers": 2, "decoder_layers": 2, "dropout": 0.0}', "--model.init_args.label_smoothing", "0",
+        "--trainer.callbacks", '[{"class_path": "core.schedules.TriangleSchedule", '
+        '"init_args": {"peak_lr": 0.003, "warmup": 30}}]',
+        "--data.max_tokens", "1000", "--trainer.max_epochs", "100", "--trainer.limit_val_batches", "0",
+        "--test", "false"))
+    module = cli.model.eval()
+    src = (data / "train.en").read_text(encoding="utf-8").splitlines()
+    refs = (data / "train.de").read_text(encoding="utf-8").splitlines()
+    bleu = corpus_scores(translate_lines(module, src, beam_size=1), refs)["bleu"]
+    assert bleu > 90, bleu
