@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import lightning
 import pytest
+import torch
+from tokenizers import BertWordPieceTokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("DATA_DIR", REPO.parent / "shared" / "data"))
@@ -42,3 +45,23 @@ def pytest_configure(config) -> None:
     import torch
 
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tokenizer_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny WordPiece tokenizer.json for tiny BERT taggers."""
+    tok = BertWordPieceTokenizer(lowercase=False)
+    tok.train_from_iterator(["EU rejects German call to boycott British lamb ."] * 3, vocab_size=120,
+                            show_progress=False)
+    path = tmp_path_factory.mktemp("vocab") / "tokenizer.json"
+    tok.save(str(path))
+    return path
+
+
+def save_like_lightning(module: lightning.LightningModule, path: Path) -> dict:
+    """What Trainer.save_checkpoint writes for the model part: state dict, hparams, module hook."""
+    ckpt = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+            "pytorch-lightning_version": lightning.__version__}
+    module.on_save_checkpoint(ckpt)
+    torch.save(ckpt, path)
+    return ckpt

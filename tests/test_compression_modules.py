@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning
 import lightning as L
 import pytest
 import torch
-from tokenizers.implementations import BertWordPieceTokenizer
+from conftest import save_like_lightning
 from torch.utils.data import DataLoader
 
 from compression.factorize import factorize_embedding, factorize_linears
@@ -59,16 +58,6 @@ def compress_nmt(module: TranslationModule) -> None:
     factorize_embedding(net, 6)
 
 
-@pytest.fixture(scope="module")
-def tokenizer_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tok = BertWordPieceTokenizer(lowercase=False)
-    tok.train_from_iterator(["EU rejects German call to boycott British lamb ."] * 3, vocab_size=120,
-                            show_progress=False)
-    path = tmp_path_factory.mktemp("vocab") / "tokenizer.json"
-    tok.save(str(path))
-    return path
-
-
 def tagger(tokenizer_file: Path, seed: int = 0, **kw) -> TaggerModule:
     torch.manual_seed(seed)
     return TaggerModule(bert_config=BERT, dropout=0.0, data_spec={"labels": LABELS, "tokenizer": str(tokenizer_file)},
@@ -90,15 +79,6 @@ def ner_out(module: TaggerModule) -> torch.Tensor:
     b = ner_batch()
     with torch.no_grad():
         return module(b["input_ids"], b["attention_mask"])
-
-
-def save_like_lightning(module: L.LightningModule, path: Path) -> dict:
-    """What Trainer.save_checkpoint writes for the model part: state dict, hparams, module hook."""
-    ckpt = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-            "pytorch-lightning_version": lightning.__version__}
-    module.on_save_checkpoint(ckpt)
-    torch.save(ckpt, path)
-    return ckpt
 
 
 def randomise_gates(network: torch.nn.Module) -> None:

@@ -10,13 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
-import lightning
 import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import save_like_lightning
 from tokenizers import Tokenizer
-from tokenizers.implementations import BertWordPieceTokenizer
 from torch.utils.data import DataLoader
 
 from compression.factorize import FactorizedEmbedding
@@ -35,15 +34,6 @@ STUDENT_BERT = {**BERT, "hidden_size": 8, "num_hidden_layers": 1, "num_attention
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 FIT = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
            enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0, max_steps=2)
-
-
-def save_like_lightning(module: L.LightningModule, path: Path) -> dict:
-    """What Trainer.save_checkpoint writes for the model part: state dict, hparams, module hook."""
-    ckpt = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-            "pytorch-lightning_version": lightning.__version__}
-    module.on_save_checkpoint(ckpt)
-    torch.save(ckpt, path)
-    return ckpt
 
 
 def by_hand(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, ignore: int, alpha: float,
@@ -158,16 +148,6 @@ def test_nmt_vocab_mismatch_and_bad_kd_hparams(nmt_teacher: Path) -> None:
 
 
 # --- NER ---------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def tokenizer_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tok = BertWordPieceTokenizer(lowercase=False)
-    tok.train_from_iterator(["EU rejects German call to boycott British lamb ."] * 3, vocab_size=120,
-                            show_progress=False)
-    path = tmp_path_factory.mktemp("vocab") / "tokenizer.json"
-    tok.save(str(path))
-    return path
-
 
 def tagger(tokenizer_file: Path, config: dict = BERT, labels: list[str] = LABELS, seed: int = 0,
            **kw) -> TaggerModule:
