@@ -8,7 +8,7 @@ from pathlib import Path
 import lightning
 import pytest
 import torch
-from conftest import requires_data, tiny_nmt_args
+from conftest import requires_data, save_like_lightning, tiny_nmt_args
 from tokenizers.implementations import BertWordPieceTokenizer
 
 from compression.gates import attached_gates, detach_gates
@@ -30,10 +30,7 @@ FAST = ["--batch_sizes", "1,2", "--latency_repeats", "1", "--seq_len", "6"]
 
 def save(module: lightning.LightningModule, path: Path) -> Path:
     """The model part of a Lightning checkpoint, written through the module's own hook."""
-    ckpt = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-            "pytorch-lightning_version": lightning.__version__}
-    module.on_save_checkpoint(ckpt)
-    torch.save(ckpt, path)
+    save_like_lightning(module, path)
     return path
 
 
