@@ -10,7 +10,7 @@ loads key for key. The LightningModules store the spec under `checkpoint["compre
 optimizer is built, so the optimizer sees the compressed parameters).
 
 Order of application: sharing first (the other specs name modules inside the shared stack,
-`...layers.layers.0...`), then heads (pruning slices dense `nn.Linear` projections, and a
+`...layers.layers.0...`), then heads and FFN neurons (pruning slices dense `nn.Linear` projections, and a
 projection factorised after pruning needs the pruned sizes), then factorisation, then gates
 (one log-alpha per *remaining* head).
 
@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from compression.factorize import apply_factorization_spec, factorization_spec
+from compression.ffn import apply_ffn_config, ffn_config
 from compression.gates import attach_gates, attached_gates, detach_gates, l0_penalty
 from compression.heads import attention_modules
 from compression.prune import KEPT_ATTR, apply_head_config, head_config
@@ -42,7 +43,8 @@ def compression_spec(network: nn.Module) -> dict:
     """JSON-able shape changes of `network`; {} for a dense network without gates.
 
     Keys (each only when non-empty): "sharing" (`sharing_spec`), "heads" (`head_config`, only
-    if some attention went through head pruning), "factorization" (`factorization_spec`),
+    if some attention went through head pruning), "ffn" (`compression.ffn.ffn_config`: kept
+    intermediate neurons per FFN, only if some FFN was pruned), "factorization" (`factorization_spec`),
     "gates" (sorted attention types that have gates attached).
     """
     spec: dict = {}
@@ -50,6 +52,8 @@ def compression_spec(network: nn.Module) -> dict:
         spec["sharing"] = sharing
     if any(hasattr(a, KEPT_ATTR) for attns in attention_modules(network).values() for a in attns):
         spec["heads"] = head_config(network)
+    if (ffn := ffn_config(network)) is not None:
+        spec["ffn"] = ffn
     fact = factorization_spec(network)
     if fact["linears"] or fact["embeddings"]:
         spec["factorization"] = fact
@@ -71,7 +75,7 @@ def apply_compression_spec(network: nn.Module, spec: Mapping) -> nn.Module:
     left as is; one compressed differently is a ValueError. Weights are placeholders until
     the checkpoint's state dict is loaded.
     """
-    unknown = sorted(set(spec) - {"sharing", "heads", "factorization", "gates"})
+    unknown = sorted(set(spec) - {"sharing", "heads", "ffn", "factorization", "gates"})
     if unknown:
         raise ValueError(f"unknown compression spec entries {unknown}")
     current = compression_spec(network)
@@ -86,6 +90,8 @@ def apply_compression_spec(network: nn.Module, spec: Mapping) -> nn.Module:
             apply_sharing_spec(network, spec["sharing"])
         if "heads" in spec:
             apply_head_config(network, spec["heads"])
+        if "ffn" in spec:
+            apply_ffn_config(network, spec["ffn"])
         if "factorization" in spec:
             apply_factorization_spec(network, spec["factorization"])
     if gates_now != spec.get("gates"):
