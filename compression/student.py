@@ -9,16 +9,19 @@ mode. `save_kd` drops the teacher path from a checkpoint's hyperparameters, so t
 reloads from its checkpoint alone (the teacher file need not exist then).
 
 `shape_bert_student` applies the construction-time compression hyperparameters of a student
-encoder (`factorize_embedding_rank`, `share_layers`) through `compression.factorize` /
+encoder (`keep_layers`, `factorize_embedding_rank`, `share_layers`) through `compression.factorize` /
 `compression.sharing`, so `compression.spec` records them in the checkpoint like any other
-compression.
+compression. `keep_layers` makes a shallower encoder out of chosen layers of the (teacher's)
+stack: the result is a plain dense BERT with fewer layers, so the module writes the new layer
+count back into its `bert_config` hyperparameter instead of a spec entry.
 
-Teacher-logit caching to disk is not implemented: the teacher runs in every training step.
+Teacher logits can be cached to disk (`compression.logit_cache`), so the teacher runs once per
+training example instead of once per step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -78,17 +81,39 @@ def save_kd(checkpoint: dict) -> None:
         checkpoint["hyper_parameters"] = {**hparams, "teacher": None}
 
 
+def keep_bert_layers(bert: nn.Module, keep: Sequence[int]) -> nn.Module:
+    """Keep only the encoder layers at indices `keep` (in that order), in place; updates `bert.cfg`.
+
+    Starting a shallow student from chosen teacher layers (DistilBERT, Sajjad et al. 2020
+    "Poor man's BERT") keeps what those layers learnt instead of a random initialisation.
+    """
+    if isinstance(bert.layers, SharedLayerStack):
+        raise ValueError("keep_layers selects layers of a dense encoder, but this encoder is already shared")
+    n = len(bert.layers)
+    keep = [int(i) for i in keep]
+    if not keep or len(set(keep)) != len(keep) or not all(0 <= i < n for i in keep):
+        raise ValueError(f"keep_layers must list distinct layer indices in [0, {n - 1}] "
+                         f"(the encoder has {n} layers), got {keep}")
+    bert.layers = nn.ModuleList(bert.layers[i] for i in keep)
+    bert.cfg.num_hidden_layers = len(keep)
+    return bert
+
+
 def shape_bert_student(
     bert: nn.Module, factorize_embedding_rank: int | None = None, share: Mapping | None = None,
+    keep_layers: Sequence[int] | None = None,
 ) -> nn.Module:
     """Apply a student's construction-time compression to a BertModel, in place.
 
+    `keep_layers` (first) keeps those encoder layers only (`keep_bert_layers`).
     `share` = {"k", "n", "init_from" (optional: teacher layer index, list of k indices, or
     None for fresh layers)} replaces `bert.layers` by k distinct layers applied n times;
     `factorize_embedding_rank` swaps the word embedding for its rank-r SVD factorisation.
     A network that already has exactly that shape (e.g. from an `init_from` checkpoint) is
     left as is; a different existing shape is a ValueError.
     """
+    if keep_layers is not None:
+        keep_bert_layers(bert, keep_layers)
     if share:
         unknown = sorted(set(share) - {"k", "n", "init_from"})
         if unknown or "k" not in share or "n" not in share:

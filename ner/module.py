@@ -16,6 +16,7 @@ from tokenizers import Tokenizer
 from torch import Tensor, nn
 
 from compression.distill import kd_loss, teacher_logits
+from compression.logit_cache import TeacherLogitCache, row_keys
 from compression.spec import CompressionHooks
 from compression.student import (
     attach_teacher,
@@ -64,6 +65,12 @@ class TaggerModule(CompressionHooks, LightningModule):
     and tokenizer vocabulary; with it the training loss is token-level
     `kd_loss` (kd_alpha * T^2 * KL + (1 - kd_alpha) * CE, sub-tokens labelled -100 excluded).
     The teacher is frozen, in eval mode, and kept out of the state dict and checkpoint.
+    `keep_layers` (list of encoder layer indices, applied first) keeps only those layers of the
+    pretrained / `init_from` encoder: a shallow student initialised from the teacher's layers; the
+    smaller `bert_config` is written back, so the checkpoint reloads without the teacher.
+    `kd_cache` (a folder) caches the teacher's logits per training example on disk
+    (`compression.logit_cache`, keyed by the teacher file's SHA-256 and the example's content):
+    the teacher runs only for examples not seen before, in this run or an earlier one.
     """
 
     def __init__(
@@ -72,6 +79,7 @@ class TaggerModule(CompressionHooks, LightningModule):
         gate_types: list[str] | None = None, l0_lambda: float = 0.0, init_from: str | None = None,
         factorize_embedding_rank: int | None = None, share_layers: dict | None = None,
         teacher: str | None = None, kd_alpha: float = 0.5, kd_temperature: float = 2.0,
+        keep_layers: list[int] | None = None, kd_cache: str | None = None,
     ) -> None:
         super().__init__()
         if not data_spec or not data_spec.get("labels") or not data_spec.get("tokenizer"):
@@ -97,13 +105,17 @@ class TaggerModule(CompressionHooks, LightningModule):
         self._tokenizer: Tokenizer | None = None
         self._outputs: list[Tensor] = []
         self.setup_compression(None, init_from, l0_lambda)  # weights first, then the student's shape
-        shape_bert_student(self.bert, factorize_embedding_rank, share_layers)
+        shape_bert_student(self.bert, factorize_embedding_rank, share_layers, keep_layers)
+        if keep_layers is not None:  # the checkpoint holds the shallow encoder: rebuild it from its config
+            self.hparams["bert_config"] = self.bert.cfg.to_dict()
+            self.hparams["keep_layers"] = None
         self.setup_compression(gate_types, None, l0_lambda)
         check_kd_hparams(kd_alpha, kd_temperature)
         attach_teacher(self, load_teacher(TaggerModule, teacher) if teacher else None)
         if self.teacher is not None and self.teacher.labels != self.labels:
             raise ValueError(f"teacher {teacher!r} has labels {self.teacher.labels} but the student has "
                              f"{self.labels}: teacher and student must share the label set")
+        self.logit_cache = TeacherLogitCache(kd_cache, teacher) if teacher and kd_cache else None
 
     @property
     def teacher(self) -> TaggerModule | None:
@@ -139,6 +151,11 @@ class TaggerModule(CompressionHooks, LightningModule):
         self.save_compression(checkpoint)
         save_kd(checkpoint)
 
+    def on_train_epoch_end(self) -> None:
+        """Write newly cached teacher logits to disk (every epoch, so an interrupted run keeps them)."""
+        if self.logit_cache is not None and self.trainer.is_global_zero:
+            self.logit_cache.save()
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._tokenizer = Tokenizer.from_str(checkpoint["tokenizer_json"])
         self.load_compression(checkpoint)
@@ -165,9 +182,19 @@ class TaggerModule(CompressionHooks, LightningModule):
         logits = self._logits(batch)
         if self.teacher is None:
             return F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE)
-        t_logits = teacher_logits(self.teacher, batch["input_ids"], batch["attention_mask"], batch["casing"])
-        return kd_loss(logits, t_logits, batch["labels"], temperature=self.hparams.kd_temperature,
+        return kd_loss(logits, self.teacher_logits(batch), batch["labels"], temperature=self.hparams.kd_temperature,
                        alpha=self.hparams.kd_alpha, ignore_index=IGNORE)
+
+    def teacher_logits(self, batch: dict[str, Tensor]) -> Tensor:
+        """The frozen teacher's logits for a batch, from the logit cache when it has every row."""
+        def live() -> Tensor:
+            return teacher_logits(self.teacher, batch["input_ids"], batch["attention_mask"], batch["casing"])
+
+        if self.logit_cache is None:
+            return live()
+        lengths = batch["attention_mask"].sum(1)  # windows are padded at the end
+        keys = row_keys(lengths, batch["input_ids"], batch["casing"])
+        return self.logit_cache.logits(keys, lengths, batch["input_ids"].shape[1], live)
 
     @staticmethod
     def _word_rows(batch: dict[str, Tensor], logits: Tensor) -> Tensor:
