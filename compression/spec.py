@@ -196,6 +196,22 @@ class CompressionHooks:
         check_state_dict(self, state_dict, strict=strict)  # type: ignore[arg-type]
         return super().load_state_dict(state_dict, strict=strict, assign=assign)  # type: ignore[misc]
 
+    def split_gate_parameters(self, gate_lr: float | None) -> tuple[set[int], list[dict]]:
+        """(ids of the gates' log-alphas, [their optimizer group]) when `gate_lr` is set, else (set(), []).
+
+        The group has no weight decay and the constant rate `gate_lr` (`fixed_lr`: schedule
+        callbacks leave it alone). Gates need it: at a fine-tuning peak rate like 1e-4 an Adam
+        step moves a log-alpha by about 1e-4, so a few hundred steps could never close a head.
+        """
+        if gate_lr is None:
+            return set(), []
+        if gate_lr <= 0:
+            raise ValueError(f"gate_lr must be > 0 (or null to train gates at the base rate), got {gate_lr}")
+        params = [g.log_alpha for layers in attached_gates(self.compressible_network()).values() for g in layers]
+        if not params:
+            return set(), []
+        return {id(p) for p in params}, [{"params": params, "weight_decay": 0.0, "lr": gate_lr, "fixed_lr": gate_lr}]
+
     def l0_term(self) -> Tensor | None:
         """l0_lambda * L0 penalty of the attached gates (None when l0_lambda is 0).
 

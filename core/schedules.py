@@ -3,7 +3,8 @@
 Step-based schedules (noam, triangle) compute the rate from `trainer.global_step` alone, so a
 resumed run continues on exactly the same curve; epoch-based ones (exponential, plateau) keep
 what they need in the checkpoint through `state_dict`. Every callback writes the rate into
-each optimizer param group (scaled by the group's `lr_scale`, default 1) before a step.
+each optimizer param group (scaled by the group's `lr_scale`, default 1) before a step; a group
+with a `fixed_lr` key keeps that constant rate.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from lightning.pytorch.callbacks import Callback
 def _set_lr(trainer: L.Trainer, lr: float) -> None:
     for optimizer in trainer.optimizers:
         for group in optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+            # A group with its own constant rate (`fixed_lr`, e.g. head-gate log-alphas) is not scheduled.
+            group["lr"] = group["fixed_lr"] if "fixed_lr" in group else lr * group.get("lr_scale", 1.0)
 
 
 def noam_lr(step: int, d_model: int, warmup_steps: int, factor: float = 1.0, step_factor: float = 1.0) -> float:

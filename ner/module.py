@@ -54,7 +54,9 @@ class TaggerModule(CompressionHooks, LightningModule):
     Compression (`compression.spec`) acts on `self.bert`: a pruned / factorised / shared /
     gated encoder reloads from its checkpoint alone. `gate_types` (['bert_self']) attaches
     hard-concrete head gates at construction, `l0_lambda` weights their L0 penalty in the
-    training loss, and `init_from` starts from a checkpoint's weights (not its optimizer).
+    training loss, `gate_lr` gives their log-alphas a constant rate of their own (no weight decay,
+    untouched by schedule callbacks; None: trained like the rest), and `init_from` starts from a
+    checkpoint's weights (not its optimizer).
 
     Students: `bert_config` (fewer layers / hidden / heads / intermediate) builds a fresh small
     encoder; `factorize_embedding_rank` (SVD-factorised word embedding) and `share_layers`
@@ -80,6 +82,7 @@ class TaggerModule(CompressionHooks, LightningModule):
         factorize_embedding_rank: int | None = None, share_layers: dict | None = None,
         teacher: str | None = None, kd_alpha: float = 0.5, kd_temperature: float = 2.0,
         keep_layers: list[int] | None = None, kd_cache: str | None = None,
+        gate_lr: float | None = None,
     ) -> None:
         super().__init__()
         if not data_spec or not data_spec.get("labels") or not data_spec.get("tokenizer"):
@@ -265,13 +268,15 @@ class TaggerModule(CompressionHooks, LightningModule):
         return predicted
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        """AdamW; biases and LayerNorm parameters are not decayed."""
+        """AdamW; biases and LayerNorm parameters are not decayed; gates get `gate_lr` if set."""
         norms = {id(p) for m in self.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()}
+        gate_ids, gate_group = self.split_gate_parameters(self.hparams.get("gate_lr"))
         decay, no_decay = [], []
         for name, p in self.named_parameters():
-            (no_decay if name.endswith("bias") or id(p) in norms else decay).append(p)
+            if id(p) not in gate_ids:
+                (no_decay if name.endswith("bias") or id(p) in norms else decay).append(p)
         return torch.optim.AdamW(
             [{"params": decay, "weight_decay": self.hparams.weight_decay},
-             {"params": no_decay, "weight_decay": 0.0}],
+             {"params": no_decay, "weight_decay": 0.0}, *gate_group],
             lr=self.hparams.lr,
         )

@@ -59,6 +59,8 @@ class TranslationModule(CompressionHooks, L.LightningModule):
         gate_types: attention types (encoder_self, decoder_self, decoder_cross) given hard-concrete
             head gates at construction (gate fine-tuning).
         l0_lambda: weight of the gates' L0 penalty added to the training loss (needs gates).
+        gate_lr: constant learning rate of the gates' log-alphas (own param group, no weight decay,
+            not touched by schedule callbacks); None trains them like every other parameter.
         init_from: checkpoint whose network weights (not optimizer state) start training; its
             compression (pruned heads, factorisation, sharing, gates) is rebuilt first.
         teacher: checkpoint of a trained TranslationModule to distil from (word-level KD over the
@@ -79,6 +81,7 @@ class TranslationModule(CompressionHooks, L.LightningModule):
         max_len_a: float = 1.2, max_len_b: int = 10, num_samples: int = 8, data_spec: dict | None = None,
         gate_types: list[str] | None = None, l0_lambda: float = 0.0, init_from: str | None = None,
         teacher: str | None = None, kd_alpha: float = 0.5, kd_temperature: float = 2.0,
+        gate_lr: float | None = None,
     ) -> None:
         super().__init__()
         if optimizer not in OPTIMIZERS:
@@ -203,11 +206,13 @@ class TranslationModule(CompressionHooks, L.LightningModule):
         self._eval_epoch_end("test")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        gate_ids, gate_group = self.split_gate_parameters(self.hparams.get("gate_lr"))
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():
-            (no_decay if p.dim() < 2 or "norm" in name else decay).append(p)
+            if id(p) not in gate_ids:
+                (no_decay if p.dim() < 2 or "norm" in name else decay).append(p)
         groups = [{"params": decay, "weight_decay": self.hparams.weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}]
+                  {"params": no_decay, "weight_decay": 0.0}, *gate_group]
         return OPTIMIZERS[self.hparams.optimizer](groups, lr=self.hparams.lr, betas=self.hparams.betas)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
