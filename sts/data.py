@@ -1,0 +1,171 @@
+"""STS-B files, unlabelled sentence files and the sentence-distillation DataModule.
+
+STS files are CSV `sentence1,sentence2,score` without a header, score in [0, 5] (STS-B and
+its translations). Unlabelled sentences come from any mix of: one-sentence-a-line text files,
+CoNLL files (first column of each token line joined by spaces, `-DOCSTART-` skipped) and STS
+CSVs (both sentences of every row). A malformed line is one ValueError naming file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from tokenizers import Tokenizer
+from torch.utils.data import DataLoader
+
+from core.hf_import import default_checkpoint_dir, load_tokenizer
+from ner.conll import read_conll
+
+SCORE_RANGE = (0.0, 5.0)
+
+
+@dataclass(frozen=True)
+class STSPair:
+    """One scored sentence pair."""
+
+    sentence1: str
+    sentence2: str
+    score: float
+
+
+def read_sts(path: str | Path) -> list[STSPair]:
+    """The pairs of an STS CSV; wrong column count, bad or out-of-range score -> ValueError with file:line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"STS file {str(path)!r} does not exist")
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f))
+    out = []
+    for number, row in enumerate(rows, start=1):
+        where = f"{path}:{number}"
+        if len(row) != 3:
+            raise ValueError(f"{where}: expected 3 columns (sentence1,sentence2,score), got {len(row)}")
+        try:
+            score = float(row[2])
+        except ValueError:
+            raise ValueError(f"{where}: score {row[2]!r} is not a number") from None
+        if not SCORE_RANGE[0] <= score <= SCORE_RANGE[1]:
+            raise ValueError(f"{where}: score {score} is outside {SCORE_RANGE[0]}-{SCORE_RANGE[1]}")
+        out.append(STSPair(row[0], row[1], score))
+    if not out:
+        raise ValueError(f"STS file {path} is empty")
+    return out
+
+
+def _is_conll(path: Path) -> bool:
+    with open(path, encoding="utf-8") as f:
+        first = next((line for line in f if line.strip()), "")
+    return first.startswith("-DOCSTART-") or len(first.split()) == 4 and first.split()[-1][:2] in ("O", "B-", "I-")
+
+
+def read_sentences(path: str | Path) -> list[str]:
+    """Unlabelled sentences of a text file (one a line), a CoNLL file or an STS CSV (by content / suffix)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"sentence file {str(path)!r} does not exist")
+    if path.suffix == ".csv":
+        sentences = [s for pair in read_sts(path) for s in (pair.sentence1, pair.sentence2)]
+    elif _is_conll(path):
+        sentences = [" ".join(s.tokens) for s in read_conll(path)]
+    else:
+        sentences = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    sentences = [s for s in sentences if s]
+    if not sentences:
+        raise ValueError(f"sentence file {path} has no sentences (it is empty)")
+    return sentences
+
+
+def unique_sentences(files: list[str], limit: int | None = None, seed: int = 0) -> list[str]:
+    """Distinct sentences of `files` in first-seen order; with `limit`, a seeded random subset of that size."""
+    seen = dict.fromkeys(s for path in files for s in read_sentences(path))
+    sentences = list(seen)
+    if limit is not None and limit < len(sentences):
+        sentences = random.Random(seed).sample(sentences, limit)
+    return sentences
+
+
+def tokenize(tokenizer: Tokenizer, sentences: list[str], max_length: int) -> dict[str, torch.Tensor]:
+    """Padded `input_ids` / `attention_mask` (B, T) for `sentences`, each cut to `max_length` tokens."""
+    encodings = tokenizer.encode_batch(sentences)
+    pad_id = tokenizer.token_to_id("[PAD]") or 0
+    ids = [e.ids[: max_length - 1] + [e.ids[-1]] if len(e.ids) > max_length else e.ids for e in encodings]
+    width = max(len(i) for i in ids)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for row, seq in enumerate(ids):
+        input_ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask}
+
+
+class SentenceDataModule(L.LightningDataModule):
+    """Training: indexed unlabelled sentences (or parallel pairs); validation: one STS file per language.
+
+    `train_files` are sentence files (`read_sentences`), deduplicated and, with `max_sentences`,
+    sub-sampled; `parallel_files` [[source, target], ...] add aligned pairs for the seed's
+    parallel loss (target sentences are only fed to the student). A training batch is
+    {"index", "input_ids", "attention_mask"} (+ "target_input_ids", "target_attention_mask").
+    `sts_files` {language: csv} are the validation sets, one dataloader each.
+    """
+
+    def __init__(
+        self, train_files: list[str] | None = None, sts_files: dict[str, str] | None = None,
+        parallel_files: list[list[str]] | None = None, tokenizer: str | None = None, max_sentences: int | None = None,
+        max_length: int = 128, batch_size: int = 64, eval_batch_size: int = 128, seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.tokenizer_path = tokenizer or str(default_checkpoint_dir())
+        self.tokenizer = load_tokenizer(self.tokenizer_path)
+        self.sentences = unique_sentences(train_files or [], max_sentences, seed) if train_files else []
+        self.targets: list[str | None] = [None] * len(self.sentences)
+        for pair in parallel_files or []:
+            if len(pair) != 2:
+                raise ValueError(f"parallel_files entries must be [source, target], got {pair}")
+            src, tgt = (Path(p).read_text(encoding="utf-8").splitlines() for p in pair)
+            if len(src) != len(tgt):
+                raise ValueError(f"parallel files {pair} have {len(src)} and {len(tgt)} lines")
+            self.sentences += src
+            self.targets += tgt
+        self.sts = {lang: read_sts(path) for lang, path in (sts_files or {}).items()}
+
+    def spec(self) -> dict:
+        """What the module must agree with: the tokenizer and the STS languages."""
+        return {"tokenizer": self.tokenizer_path, "max_length": self.hparams.max_length, "languages": list(self.sts)}
+
+    def data_files(self) -> list[Path]:
+        """Every file read, for the run record."""
+        files = list(self.hparams.train_files or []) + list((self.hparams.sts_files or {}).values())
+        return [Path(p) for p in files + [p for pair in self.hparams.parallel_files or [] for p in pair]]
+
+    def _collate_train(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        batch = tokenize(self.tokenizer, [self.sentences[i] for i in indices], self.hparams.max_length)
+        batch["index"] = torch.tensor(indices)
+        targets = [self.targets[i] for i in indices]
+        if all(t is not None for t in targets):
+            target = tokenize(self.tokenizer, targets, self.hparams.max_length)  # type: ignore[arg-type]
+            batch["target_input_ids"], batch["target_attention_mask"] = target["input_ids"], target["attention_mask"]
+        return batch
+
+    def train_dataloader(self) -> DataLoader:
+        if not self.sentences:
+            raise ValueError("SentenceDataModule has no training sentences: set train_files or parallel_files")
+        gen = torch.Generator().manual_seed(self.hparams.seed)
+        return DataLoader(range(len(self.sentences)), batch_size=self.hparams.batch_size, shuffle=True,
+                          generator=gen, collate_fn=self._collate_train)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [self.sts_loader(pairs) for pairs in self.sts.values()]
+
+    def sts_loader(self, pairs: list[STSPair]) -> DataLoader:
+        """Batches {"a": ids/mask of sentence1, "b": of sentence2, "score"} in file order."""
+        def collate(rows: list[STSPair]) -> dict:
+            return {"a": tokenize(self.tokenizer, [r.sentence1 for r in rows], self.hparams.max_length),
+                    "b": tokenize(self.tokenizer, [r.sentence2 for r in rows], self.hparams.max_length),
+                    "score": torch.tensor([r.score for r in rows])}
+        return DataLoader(pairs, batch_size=self.hparams.eval_batch_size, collate_fn=collate)

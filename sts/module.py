@@ -1,0 +1,270 @@
+"""Sentence encoder LightningModule: BERT + pooling (+ L2 norm), STS evaluation and embedding distillation.
+
+A sentence embedding is the mean of the last hidden states over real tokens (as
+all-MiniLM-L6-v2; `pooling: cls` takes the [CLS] state instead), L2-normalised when
+`normalize`. Validation scores each STS file of the datamodule (one dataloader per language):
+Spearman x 100 between the cosine of the two embeddings and the gold score, logged as
+`val/spearman_<lang>`.
+
+Distillation (`teacher`: a HF BERT folder, encoded with the same pooling, or a
+SentenceEncoderModule checkpoint) pulls the student's pooled embedding (before normalisation)
+to the teacher's: `mse_weight` * MSE + `cosine_weight` * (1 - cosine), plus with
+`hidden_weight` > 0 an MSE between student layer l and teacher layer round(l * L_t / L_s)
+hidden states over real tokens. Batches with target sentences (parallel data, seed 003) add
+the same loss for student(target) against teacher(source). The teacher is deterministic in
+eval mode, so its embeddings of the training sentences are computed once (`teacher_cache`,
+set by `on_fit_start` or by the caller) and epochs cost only the student; hidden-state
+alignment needs the teacher in every step.
+
+Checkpoints are self-contained: the tokenizer JSON, the BERT config and the compression spec
+(pruned heads / FFN neurons) are stored, and the teacher path is dropped, so
+`SentenceEncoderModule.load_from_checkpoint(path, weights_only=False)` works alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from lightning import LightningModule
+from scipy.stats import spearmanr
+from tokenizers import Tokenizer
+from torch import Tensor, nn
+
+from compression.distill import freeze_teacher
+from compression.spec import CompressionHooks
+from compression.student import attach_teacher, get_teacher, parameter_line, save_kd
+from core.bert import BertConfig, BertModel
+from core.hf_import import check_vocab_size, default_checkpoint_dir, load_bert, load_tokenizer
+from sts.data import tokenize
+
+POOLINGS = ("mean", "cls")
+
+
+def pool(hidden: Tensor, attention_mask: Tensor, pooling: str = "mean") -> Tensor:
+    """(B, T, d) hidden states -> (B, d): mean over real tokens (mask 1), or the first ([CLS]) state."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling != "mean":
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    mask = attention_mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+
+
+def spearman_x100(predicted: Tensor | list[float], gold: Tensor | list[float]) -> float:
+    """Spearman rank correlation x 100 (scipy.stats.spearmanr, ties averaged)."""
+    return float(spearmanr(torch.as_tensor(predicted).tolist(), torch.as_tensor(gold).tolist()).statistic * 100)
+
+
+def reinitialise(bert: BertModel) -> BertModel:
+    """Fresh BERT initialisation of every weight, keeping the (possibly pruned) shapes: a random-init student."""
+    for module in bert.modules():
+        if isinstance(module, nn.LayerNorm):
+            module.reset_parameters()
+    bert.apply(bert._init_weights)
+    return bert
+
+
+class SentenceEncoderModule(CompressionHooks, LightningModule):
+    """BERT sentence encoder trained by embedding distillation and scored on STS.
+
+    `checkpoint_dir` is a HF BERT folder (None: the packaged all-MiniLM-L6-v2); `bert_config`
+    builds that architecture with fresh weights instead (tiny tests, reloading our checkpoints).
+    `keep_layers` (e.g. [0, 2, 4]) keeps only those encoder layers (DistilBERT-style layer
+    dropping) at construction. `init_from` starts from a checkpoint's weights and shape.
+    """
+
+    def __init__(
+        self, checkpoint_dir: str | None = None, bert_config: dict | None = None, pooling: str = "mean",
+        normalize: bool = True, lr: float = 1e-4, weight_decay: float = 0.01, data_spec: dict | None = None,
+        teacher: str | None = None, mse_weight: float = 1.0, cosine_weight: float = 1.0, hidden_weight: float = 0.0,
+        keep_layers: list[int] | None = None, init_from: str | None = None,
+    ) -> None:
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if min(mse_weight, cosine_weight, hidden_weight) < 0:
+            raise ValueError("mse_weight, cosine_weight and hidden_weight must be >= 0")
+        self.save_hyperparameters()
+        spec = data_spec or {}
+        if bert_config is None:
+            folder = checkpoint_dir or str(default_checkpoint_dir())
+            self.bert = load_bert(folder)
+            self.hparams["checkpoint_dir"] = folder
+            spec = {"tokenizer": folder, **spec}
+        else:
+            self.bert = BertModel(BertConfig.from_dict(bert_config))
+        if keep_layers is not None:
+            self._drop_layers(keep_layers)
+        # Written back so a checkpoint rebuilds the architecture without the folder.
+        self.hparams["bert_config"] = self.bert.cfg.to_dict()
+        self.hparams["data_spec"] = spec
+        self.max_length = int(spec.get("max_length", 128))
+        self._tokenizer: Tokenizer | None = None
+        self.teacher_cache: Tensor | None = None
+        self._val: dict[int, list[Tensor]] = {}
+        self.setup_compression(None, init_from, 0.0)
+        attach_teacher(self, self._load_teacher(teacher) if teacher else None)
+
+    def _drop_layers(self, keep: list[int]) -> None:
+        n = len(self.bert.layers)
+        if not keep or len(set(keep)) != len(keep) or not all(0 <= i < n for i in keep):
+            raise ValueError(f"keep_layers must be distinct indices in [0, {n}) and not empty, got {keep}")
+        self.bert.layers = nn.ModuleList([self.bert.layers[i] for i in sorted(keep)])
+        self.bert.cfg.num_hidden_layers = len(keep)
+
+    def _load_teacher(self, path: str) -> SentenceEncoderModule:
+        if Path(path).is_dir():
+            teacher = SentenceEncoderModule(checkpoint_dir=path, pooling=self.hparams.pooling)
+        elif Path(path).is_file():
+            teacher = SentenceEncoderModule.load_from_checkpoint(path, map_location="cpu", weights_only=False,
+                                                                 teacher=None)
+        else:
+            raise ValueError(f"teacher {path!r} is neither a HF BERT folder nor a checkpoint file")
+        return freeze_teacher(teacher)
+
+    @property
+    def teacher(self) -> SentenceEncoderModule | None:
+        """The frozen teacher (not a registered submodule), or None."""
+        return get_teacher(self)  # type: ignore[return-value]
+
+    def compressible_network(self) -> nn.Module:
+        return self.bert
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The tokenizer from the checkpoint, else from `data_spec['tokenizer']`."""
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.hparams.data_spec["tokenizer"])
+        return self._tokenizer
+
+    def setup(self, stage: str) -> None:
+        """Check that the tokenizer fits the embeddings and that teacher and student tokenize alike."""
+        check_vocab_size(self.tokenizer, self.bert)
+        check_same_tokenizer(self.teacher, self)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["tokenizer_json"] = self.tokenizer.to_str()
+        self.save_compression(checkpoint)
+        save_kd(checkpoint)
+        checkpoint["hyper_parameters"] = {**checkpoint.get("hyper_parameters", {}), "keep_layers": None}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._tokenizer = Tokenizer.from_str(checkpoint["tokenizer_json"])
+        self.load_compression(checkpoint)
+
+    def embed(self, input_ids: Tensor, attention_mask: Tensor, hidden: bool = False) -> Tensor | tuple:
+        """Pooled embedding before normalisation (B, d); with `hidden`, also all hidden states."""
+        states = self.bert(input_ids, attention_mask, all_hidden_states=True)
+        pooled = pool(states[-1], attention_mask, self.hparams.pooling)
+        return (pooled, states) if hidden else pooled
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Sentence embeddings (B, d), L2-normalised when `normalize`."""
+        pooled = self.embed(input_ids, attention_mask)
+        return F.normalize(pooled, dim=-1) if self.hparams.normalize else pooled
+
+    @torch.no_grad()
+    def encode(self, sentences: list[str], batch_size: int = 128, normalized: bool = True) -> Tensor:
+        """Embeddings of raw sentences (N, d) on CPU, in eval mode (restored after); `normalized=False`
+        returns the pooled embedding before normalisation (what distillation matches)."""
+        was_training = self.training
+        self.eval()
+        out = []
+        for start in range(0, len(sentences), batch_size):
+            batch = tokenize(self.tokenizer, sentences[start : start + batch_size], self.max_length)
+            ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+            out.append((self(ids, mask) if normalized else self.embed(ids, mask)).cpu())
+        self.train(was_training)
+        return torch.cat(out) if out else torch.zeros(0, self.bert.cfg.hidden_size)
+
+    def on_fit_start(self) -> None:
+        """Print the parameter count; freeze the teacher and cache its embeddings of the training sentences."""
+        self.print(f"[model] student {parameter_line(self)}")
+        if self.teacher is None:
+            return
+        freeze_teacher(self.teacher.to(self.device))
+        sentences = getattr(self.trainer.datamodule, "sentences", None)
+        if self.teacher_cache is None and sentences:
+            self.print(f"[kd] caching teacher embeddings of {len(sentences):,} sentences")
+            self.teacher_cache = self.teacher.encode(sentences, normalized=False)
+        if self.teacher_cache is not None and sentences and len(self.teacher_cache) != len(sentences):
+            raise ValueError(f"teacher_cache has {len(self.teacher_cache)} rows for {len(sentences)} sentences")
+
+    def distill_loss(self, student: Tensor, teacher: Tensor) -> Tensor:
+        """mse_weight * MSE + cosine_weight * mean(1 - cosine) between (B, d) embeddings."""
+        loss = student.new_zeros(())
+        if self.hparams.mse_weight:
+            loss = loss + self.hparams.mse_weight * F.mse_loss(student, teacher)
+        if self.hparams.cosine_weight:
+            loss = loss + self.hparams.cosine_weight * (1 - F.cosine_similarity(student, teacher, dim=-1)).mean()
+        return loss
+
+    def _hidden_loss(self, states: list[Tensor], teacher_states: list[Tensor], mask: Tensor) -> Tensor:
+        ls, lt = len(states) - 1, len(teacher_states) - 1
+        real = mask.bool()
+        pairs = [(states[layer], teacher_states[round(layer * lt / ls)]) for layer in range(1, ls + 1)]
+        return sum(F.mse_loss(s[real], t[real]) for s, t in pairs) / ls
+
+    def _teacher_targets(self, batch: dict[str, Tensor]) -> tuple[Tensor, list[Tensor] | None]:
+        teacher = self.teacher
+        if teacher is None:
+            raise ValueError("SentenceEncoderModule needs a `teacher` to train (embedding distillation)")
+        if self.hparams.hidden_weight or self.teacher_cache is None:
+            with torch.no_grad():
+                pooled, states = teacher.embed(batch["input_ids"], batch["attention_mask"], hidden=True)
+            return pooled, states
+        return self.teacher_cache[batch["index"].cpu()].to(self.device), None
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        """Distillation loss for the batch (+ target sentences against the source's teacher embedding)."""
+        target, teacher_states = self._teacher_targets(batch)
+        pooled, states = self.embed(batch["input_ids"], batch["attention_mask"], hidden=True)
+        loss = self.distill_loss(pooled, target)
+        if teacher_states is not None and self.hparams.hidden_weight:
+            loss = loss + self.hparams.hidden_weight * self._hidden_loss(states, teacher_states,
+                                                                         batch["attention_mask"])
+        if "target_input_ids" in batch:
+            loss = loss + self.distill_loss(self.embed(batch["target_input_ids"], batch["target_attention_mask"]),
+                                            target)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        cosine = F.cosine_similarity(self.embed(**batch["a"]), self.embed(**batch["b"]), dim=-1)
+        self._val.setdefault(dataloader_idx, []).append(torch.stack([cosine.float().cpu(), batch["score"].cpu()]))
+
+    def on_validation_epoch_end(self) -> None:
+        languages = self.hparams.data_spec.get("languages") or [str(i) for i in sorted(self._val)]
+        scores = {}
+        for i, rows in sorted(self._val.items()):
+            both = torch.cat(rows, dim=1)
+            scores[f"val/spearman_{languages[i]}"] = spearman_x100(both[0], both[1])
+        self._val.clear()
+        if scores:
+            self.log_dict(scores)
+            self.log("hp_metric", next(iter(scores.values())))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """AdamW; biases and LayerNorm parameters are not decayed."""
+        norms = {id(p) for m in self.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()}
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            (no_decay if name.endswith("bias") or id(p) in norms else decay).append(p)
+        return torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
+                                  {"params": no_decay, "weight_decay": 0.0}], lr=self.hparams.lr)
+
+
+def check_same_tokenizer(teacher: SentenceEncoderModule | None, student: SentenceEncoderModule) -> None:
+    """A clear ValueError when teacher and student tokenize differently (distillation would compare other inputs)."""
+    if teacher is not None and teacher.tokenizer.get_vocab() != student.tokenizer.get_vocab():
+        raise ValueError("teacher and student use different tokenizer vocabularies: embedding distillation "
+                         "needs both to read the same sub-tokens (use the teacher's tokenizer for the student)")
+
+
+def evaluate_sts(model: SentenceEncoderModule, pairs: list, batch_size: int = 128) -> float:
+    """Spearman x 100 of cosine(embedding1, embedding2) vs gold scores over STSPair `pairs`."""
+    a = model.encode([p.sentence1 for p in pairs], batch_size)
+    b = model.encode([p.sentence2 for p in pairs], batch_size)
+    return spearman_x100((a * b).sum(-1), [p.score for p in pairs])

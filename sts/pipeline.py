@@ -1,0 +1,268 @@
+"""Prune-then-distil a sentence encoder: score -> prune -> distil -> evaluate -> report.
+
+1. **Score** the teacher's attention heads (`compression.importance.taylor_importance`) and
+   FFN neurons (`compression.ffn.ffn_taylor_importance`) with the STS regression loss
+   MSE(cosine(u, v), score / 5) on labelled STS train pairs (the teacher distilled against
+   itself would have zero loss and zero gradients).
+2. **Prune** the `prune_heads` fraction of all heads and the `prune_ffn` fraction of all FFN
+   neurons, each ranked globally over layers on per-layer normalised scores, physically.
+3. **Distil** the pruned model from the teacher on unlabelled sentences
+   (`SentenceEncoderModule`, teacher embeddings cached once for every student).
+4. **Evaluate** STS Spearman x 100 for every STS file, params, FLOPs per token and CPU
+   latency per batch size, measured side by side in one process (models alternate inside
+   each repeat, medians), so speed-ups are ratios of simultaneous measurements.
+5. **Report**: `<output_dir>/student.ckpt` (reloads alone), `report.json` (written after
+   every stage, so partial results survive) and `report.md`.
+
+With `baselines` the same report also has: the pruned model without distillation, a
+same-size student from random init and a `keep_layers` (DistilBERT-style) student, both
+distilled the same way.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from compression.ffn import feed_forwards, ffn_taylor_importance, neurons_to_keep, prune_ffns
+from compression.importance import taylor_importance
+from compression.prune import heads_to_keep, prune_model
+from compression.report import flops_per_token, parameter_counts
+from compression.student import attach_teacher
+from core.hf_import import default_checkpoint_dir
+from core.schedules import TriangleSchedule
+from core.training import git_commit
+from sts.data import SentenceDataModule, read_sts, tokenize
+from sts.module import SentenceEncoderModule, evaluate_sts, reinitialise
+
+
+@dataclass
+class PipelineConfig:
+    """Everything the pipeline reads; `configs/sts/*.yaml` set these keys (see `prune_distill.py --help`)."""
+
+    train_files: list[str]
+    sts_files: dict[str, str]
+    score_file: str
+    teacher: str | None = None
+    score_pairs: int = 1000
+    prune_heads: float = 0.5
+    prune_ffn: float = 0.5
+    max_sentences: int | None = None
+    max_length: int = 128
+    batch_size: int = 64
+    epochs: int = 1
+    peak_lr: float = 2e-4
+    warmup: float = 0.05
+    mse_weight: float = 1.0
+    cosine_weight: float = 1.0
+    hidden_weight: float = 0.0
+    baselines: bool = True
+    drop_layers_keep: list[int] = field(default_factory=lambda: [0, 2, 4])
+    latency_batch_sizes: list[int] = field(default_factory=lambda: [1, 16, 64])
+    latency_repeats: int = 10
+    output_dir: str = "benchmarks/work/sts_prune_distill"
+    report_json: str | None = None
+    seed: int = 1234
+
+
+def check_config(cfg: PipelineConfig) -> None:
+    """One clear ValueError for a target that leaves nothing or a missing/empty input."""
+    if not 0.0 <= cfg.prune_heads < 1.0:
+        raise ValueError(f"prune_heads must be in [0, 1), got {cfg.prune_heads}: 1 would remove every head")
+    if not 0.0 <= cfg.prune_ffn < 1.0:
+        raise ValueError(f"prune_ffn must be in [0, 1), got {cfg.prune_ffn}: 1 would remove every FFN neuron")
+    if not cfg.sts_files:
+        raise ValueError("sts_files must name at least one STS file ({language: csv})")
+    if cfg.epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {cfg.epochs}")
+
+
+def sts_regression_loss(module: SentenceEncoderModule, batch: dict) -> torch.Tensor:
+    """MSE between cosine(u, v) and score / 5: the supervised signal used to score heads and neurons."""
+    cosine = F.cosine_similarity(module.embed(**batch["a"]), module.embed(**batch["b"]), dim=-1)
+    return F.mse_loss(cosine, batch["score"] / 5.0)
+
+
+def prune_by_taylor(module: SentenceEncoderModule, datamodule: SentenceDataModule, cfg: PipelineConfig) -> dict:
+    """Score on `cfg.score_pairs` STS pairs, then remove the configured head and FFN fractions in place."""
+    pairs = read_sts(cfg.score_file)[: cfg.score_pairs]
+    batches = list(datamodule.sts_loader(pairs))
+    loss = lambda _network, batch: sts_regression_loss(module, batch)  # noqa: E731
+    head_scores = taylor_importance(module.bert, batches, loss, types=["bert_self"])
+    ffn_scores = ffn_taylor_importance(module.bert, batches, loss)
+    plan = heads_to_keep(head_scores, cfg.prune_heads)
+    prune_model(module.bert, plan)
+    prune_ffns(module.bert, neurons_to_keep(ffn_scores, cfg.prune_ffn))
+    return {"heads_per_layer": [len(h) for h in plan["bert_self"]],
+            "ffn_per_layer": [f.fc1.out_features for f in feed_forwards(module.bert)]}
+
+
+def distil(student: SentenceEncoderModule, datamodule: SentenceDataModule, cfg: PipelineConfig, name: str,
+           teacher_cache: torch.Tensor) -> dict[str, float]:
+    """Fit `student` to the cached teacher embeddings; returns the last validation's metrics."""
+    student.teacher_cache = teacher_cache
+    trainer = L.Trainer(
+        max_epochs=cfg.epochs, accelerator="cpu", logger=TensorBoardLogger(cfg.output_dir, name=name),
+        callbacks=[TriangleSchedule(cfg.peak_lr, cfg.warmup)], enable_checkpointing=False,
+        num_sanity_val_steps=0, log_every_n_steps=20, gradient_clip_val=1.0, enable_model_summary=False,
+    )
+    trainer.fit(student, datamodule)
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+
+
+def sts_scores(model: SentenceEncoderModule, datamodule: SentenceDataModule) -> dict[str, float]:
+    """{"spearman_<lang>": Spearman x 100} over every STS file of the datamodule."""
+    return {f"spearman_{lang}": evaluate_sts(model, pairs) for lang, pairs in datamodule.sts.items()}
+
+
+def side_by_side_latency(models: dict[str, SentenceEncoderModule], inputs: dict[int, dict], repeats: int,
+                         warmup: int = 2) -> dict[str, dict[int, float]]:
+    """Median forward milliseconds per model and batch size; models alternate inside every repeat."""
+    times: dict[str, dict[int, list[float]]] = {n: {b: [] for b in inputs} for n in models}
+    for module in models.values():
+        module.eval()
+    with torch.inference_mode():
+        for b, batch in inputs.items():
+            for i in range(warmup + repeats):
+                names = list(models)
+                names = names[i % len(names):] + names[: i % len(names)]  # rotate: no model always goes first
+                for n in names:
+                    start = time.perf_counter()
+                    models[n](**batch)
+                    if i >= warmup:
+                        times[n][b].append((time.perf_counter() - start) * 1000)
+    return {n: {b: statistics.median(v) for b, v in per.items()} for n, per in times.items()}
+
+
+def latency_inputs(datamodule: SentenceDataModule, batch_sizes: list[int]) -> dict[int, dict]:
+    """Real padded batches: the first B first-sentences of the first STS file."""
+    pairs = next(iter(datamodule.sts.values()))
+    sentences = [p.sentence1 for p in pairs]
+    return {b: tokenize(datamodule.tokenizer, (sentences * (b // len(sentences) + 1))[:b],
+                        datamodule.hparams.max_length) for b in batch_sizes}
+
+
+def write_report(report: dict, json_paths: list[Path]) -> None:
+    """Write each JSON report and the markdown table beside it (called after every stage)."""
+    for path in json_paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2))
+        path.with_suffix(".md").write_text(markdown_table(report))
+
+
+def markdown_table(report: dict) -> str:
+    """The report as a markdown table, one row per model."""
+    langs = report.get("languages", [])
+    sizes = report.get("latency_batch_sizes", [])
+    head = (["model"] + [f"STS {lang}" for lang in langs] + ["% of teacher (en)", "params", "GFLOPs/token×1e3"]
+            + [f"ms @ b{b}" for b in sizes] + ["speed-up b16"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in report.get("rows", []):
+        cells = [row["name"]] + [f"{row.get(f'spearman_{lang}', float('nan')):.2f}" for lang in langs]
+        cells += [f"{row.get('quality_vs_teacher', float('nan')):.2f}", f"{row.get('params', 0):,}",
+                  f"{row.get('flops', 0) / 1e6:.2f}"]
+        cells += [f"{row.get('latency_ms', {}).get(str(b), row.get('latency_ms', {}).get(b, float('nan'))):.1f}"
+                  for b in sizes]
+        cells.append(f"{row.get('speedup_b16', float('nan')):.2f}×")
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = report.get("notes", "")
+    return f"# {report.get('title', 'STS prune-then-distil')}\n\n" + "\n".join(lines) + f"\n\n{notes}\n"
+
+
+def run_pipeline(cfg: PipelineConfig) -> dict:
+    """The whole pipeline; returns the report dict (also written as JSON and markdown)."""
+    check_config(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    out = Path(cfg.output_dir)
+    teacher_dir = cfg.teacher or str(default_checkpoint_dir())
+    dm = SentenceDataModule(cfg.train_files, cfg.sts_files, tokenizer=teacher_dir, max_sentences=cfg.max_sentences,
+                            max_length=cfg.max_length, batch_size=cfg.batch_size, seed=cfg.seed)
+    spec = dm.spec()
+    new = lambda **kw: SentenceEncoderModule(checkpoint_dir=teacher_dir, data_spec=spec, lr=cfg.peak_lr,  # noqa: E731
+                                             mse_weight=cfg.mse_weight, cosine_weight=cfg.cosine_weight,
+                                             hidden_weight=cfg.hidden_weight, **kw)
+    teacher = new()
+    report: dict = {"title": "STS prune-then-distil", "config": asdict(cfg), "git_commit": git_commit(),
+                    "languages": list(dm.sts), "latency_batch_sizes": cfg.latency_batch_sizes,
+                    "train_sentences": len(dm.sentences), "rows": [], "stages_seconds": {}}
+    json_paths = [out / "report.json"] + ([Path(cfg.report_json)] if cfg.report_json else [])
+    models: dict[str, SentenceEncoderModule] = {}
+    clock = time.perf_counter()
+
+    def stage(name: str, model: SentenceEncoderModule | None, scores: dict | None, **extra) -> None:
+        nonlocal clock
+        if model is not None:
+            models[name] = model
+            report["rows"].append({"name": name, **(scores or {}), **extra})
+        report["stages_seconds"][name] = round(time.perf_counter() - clock, 1)
+        clock = time.perf_counter()
+        write_report(report, json_paths)
+        print(f"[sts] {name}: {scores} ({report['stages_seconds'][name]} s)", flush=True)
+
+    stage("teacher", teacher, sts_scores(teacher, dm))
+    cache = teacher.encode(dm.sentences, normalized=False)
+    stage("teacher embedding cache", None, None)
+    pruned = new()
+    shape = prune_by_taylor(pruned, dm, cfg)
+    stage("pruned, no distillation", pruned, sts_scores(pruned, dm), **shape)
+    student = copy.deepcopy(pruned)
+    attach_teacher(student, teacher)  # the in-memory teacher, not a path to load again
+    metrics = distil(student, dm, cfg, "pruned_distilled", cache)
+    _save(student, out / "student.ckpt")
+    stage("pruned + distilled", student, _as_scores(metrics), **shape, checkpoint=str(out / "student.ckpt"))
+    if cfg.baselines:
+        scratch = reinitialise_module(copy.deepcopy(pruned))
+        attach_teacher(scratch, teacher)
+        stage("same size, random init + distilled", scratch,
+              _as_scores(distil(scratch, dm, cfg, "random_init_distilled", cache)), **shape)
+        dropped = new(keep_layers=cfg.drop_layers_keep)
+        attach_teacher(dropped, teacher)
+        stage(f"layers {cfg.drop_layers_keep} kept + distilled", dropped,
+              _as_scores(distil(dropped, dm, cfg, "layer_drop_distilled", cache)))
+    _measure(report, models, latency_inputs(dm, cfg.latency_batch_sizes), cfg.latency_repeats)
+    stage("size and latency", None, None)
+    return report
+
+
+def reinitialise_module(module: SentenceEncoderModule) -> SentenceEncoderModule:
+    """The module with freshly initialised encoder weights (same, possibly pruned, shapes)."""
+    reinitialise(module.bert)
+    return module
+
+
+def _as_scores(metrics: dict[str, float]) -> dict[str, float]:
+    return {k.removeprefix("val/"): v for k, v in metrics.items() if k.startswith("val/spearman_")}
+
+
+def _save(module: SentenceEncoderModule, path: Path) -> None:
+    """What Trainer.save_checkpoint stores for the model: weights, hyper-parameters, module hooks."""
+    ckpt = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+            "pytorch-lightning_version": L.__version__}
+    module.on_save_checkpoint(ckpt)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ckpt, path)
+
+
+def _measure(report: dict, models: dict[str, SentenceEncoderModule], inputs: dict[int, dict], repeats: int) -> None:
+    latency = side_by_side_latency(models, inputs, repeats)
+    flops_batch = inputs[16] if 16 in inputs else next(iter(inputs.values()))
+    teacher_en = report["rows"][0].get("spearman_en")
+    for row in report["rows"]:
+        model = models[row["name"]]
+        row["params"] = parameter_counts(model.bert)["total"]
+        row["flops"] = flops_per_token(model, flops_batch)
+        row["latency_ms"] = {str(b): ms for b, ms in latency[row["name"]].items()}
+        base = latency["teacher"]
+        b16 = 16 if 16 in base else next(iter(base))
+        row["speedup_b16"] = base[b16] / latency[row["name"]][b16]
+        if teacher_en and "spearman_en" in row:
+            row["quality_vs_teacher"] = 100 * row["spearman_en"] / teacher_en

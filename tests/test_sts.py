@@ -1,0 +1,175 @@
+"""Sentence encoder, STS evaluation, FFN pruning and prune-then-distil (issue 6), on tiny BERTs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from conftest import DATA, requires_data, save_like_lightning
+from scipy.stats import spearmanr
+from tokenizers import BertWordPieceTokenizer
+
+from compression.ffn import ffn_taylor_importance, neuron_masks, neurons_to_keep, prune_ffns
+from compression.importance import taylor_importance
+from compression.prune import heads_to_keep, prune_model
+from compression.spec import compression_spec
+from compression.student import attach_teacher
+from core.bert import BertConfig, BertModel
+from core.hf_import import default_checkpoint_dir, load_tokenizer
+from sts.data import SentenceDataModule, STSPair, read_sentences, read_sts, tokenize
+from sts.module import SentenceEncoderModule, evaluate_sts, pool, spearman_x100
+from sts.pipeline import PipelineConfig, check_config
+
+TINY = {"vocab_size": 120, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "intermediate_size": 32, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
+        "max_position_embeddings": 64}
+WORDS = "EU rejects German call to boycott British lamb .".split()
+
+
+def sentences(n: int, seed: int = 0) -> list[str]:
+    gen = torch.Generator().manual_seed(seed)
+    return [" ".join(WORDS[int(i)] for i in torch.randint(0, len(WORDS), (int(3 + k % 5),), generator=gen))
+            for k in range(n)]
+
+
+def tiny_module(tokenizer_file: Path, seed: int = 0, **kwargs) -> SentenceEncoderModule:
+    torch.manual_seed(seed)
+    kwargs.setdefault("data_spec", {"tokenizer": str(tokenizer_file), "max_length": 32})
+    config = {**TINY, "vocab_size": load_tokenizer(tokenizer_file).get_vocab_size()}
+    return SentenceEncoderModule(bert_config=config, **kwargs).eval()
+
+
+def test_mean_pooling_ignores_padding(tokenizer_file: Path) -> None:
+    model = tiny_module(tokenizer_file)
+    short, long = "EU rejects lamb", "EU rejects German call to boycott British lamb"
+    batch = tokenize(model.tokenizer, [short, long], 32)
+    assert batch["attention_mask"][0].sum() < batch["attention_mask"][1].sum()  # the short one is padded
+    alone = tokenize(model.tokenizer, [short], 32)
+    with torch.no_grad():
+        padded, unpadded = model(**batch)[0], model(**alone)[0]
+    torch.testing.assert_close(padded, unpadded, atol=1e-5, rtol=0)
+    hidden = torch.randn(1, 3, 4)
+    assert torch.allclose(pool(hidden, torch.tensor([[1, 1, 0]])), hidden[0, :2].mean(0))
+    assert torch.equal(pool(hidden, torch.tensor([[1, 1, 0]]), "cls"), hidden[:, 0])
+
+
+def test_spearman_equals_scipy_on_a_crafted_set(tokenizer_file: Path) -> None:
+    predicted = [0.1, 0.9, 0.4, 0.4, -0.2, 0.7, 0.3]  # a tie, negative values
+    gold = [1.0, 5.0, 2.5, 3.0, 0.0, 2.5, 4.0]
+    assert spearman_x100(predicted, gold) == pytest.approx(100 * spearmanr(predicted, gold).statistic, abs=1e-9)
+    model = tiny_module(tokenizer_file)
+    pairs = [STSPair(a, b, float(i % 6)) for i, (a, b) in enumerate(zip(sentences(12), sentences(12, 1),
+                                                                          strict=True))]
+    u, v = model.encode([p.sentence1 for p in pairs]), model.encode([p.sentence2 for p in pairs])
+    expected = 100 * spearmanr((u * v).sum(-1).tolist(), [p.score for p in pairs]).statistic
+    assert evaluate_sts(model, pairs) == pytest.approx(expected, abs=1e-6)
+
+
+def test_ffn_and_head_pruned_model_equals_masked_model() -> None:
+    torch.manual_seed(0)
+    model = BertModel(BertConfig.from_dict(TINY)).eval()
+    ids = torch.randint(1, 120, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[0, 6:] = 0
+    loss = lambda m, b: m(b, mask).pow(2).mean()  # noqa: E731
+    plan = neurons_to_keep(ffn_taylor_importance(model, [ids], loss), 0.5)
+    heads = heads_to_keep(taylor_importance(model, [ids], loss), 0.5)
+    assert sum(map(len, plan)) == 32 and len({len(p) for p in plan}) > 1  # global ranking: widths differ
+    neuron_mask = [torch.zeros(32).index_fill_(0, torch.tensor(p), 1.0) for p in plan]
+    for attn, keep in zip((layer.self_attn for layer in model.layers), heads["bert_self"], strict=True):
+        attn.head_mask = torch.zeros(4).index_fill_(0, torch.tensor(keep, dtype=torch.long), 1.0)
+    with torch.no_grad(), neuron_masks(model, neuron_mask):
+        masked = model(ids, mask)
+    for layer in model.layers:
+        layer.self_attn.head_mask = None
+    prune_ffns(prune_model(model, heads), plan)
+    assert [layer.ffn.fc1.out_features for layer in model.layers] == [len(p) for p in plan]
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids, mask), masked, atol=1e-5, rtol=0)
+    assert compression_spec(model)["ffn"] == plan
+
+
+def test_distilled_pruned_student_reloads_alone(tokenizer_file: Path, tmp_path: Path) -> None:
+    teacher = tiny_module(tokenizer_file, seed=1)
+    teacher_path = tmp_path / "teacher.ckpt"
+    save_like_lightning(teacher, teacher_path)
+    train = tmp_path / "train.txt"
+    train.write_text("\n".join(sentences(48)) + "\n")
+    sts = tmp_path / "sts.csv"
+    sts.write_text("".join(f"{a},{b},{i % 6}\n" for i, (a, b) in enumerate(zip(sentences(16), sentences(16, 2),
+                                                                                 strict=True))))
+    dm = SentenceDataModule([str(train)], {"en": str(sts)}, tokenizer=str(tokenizer_file), batch_size=16,
+                            max_length=32)
+    student = tiny_module(tokenizer_file, seed=2, teacher=str(teacher_path), data_spec=dm.spec(), lr=1e-3)
+    prune_model(student.bert, {"bert_self": [[0, 2], [1]]})
+    prune_ffns(student.bert, [list(range(0, 32, 2)), list(range(20))])
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    probe = sentences(5, 3)
+    before = student.encode(probe)
+    trainer.fit(student, dm)
+    assert student.teacher_cache is not None and len(student.teacher_cache) == len(dm.sentences)
+    assert "val/spearman_en" in trainer.callback_metrics
+    assert not torch.allclose(student.encode(probe), before)  # it trained
+    path = tmp_path / "student.ckpt"
+    trainer.save_checkpoint(path)
+    teacher_path.unlink()
+    tokenizer_file_text = tokenizer_file.read_text()
+    reloaded = SentenceEncoderModule.load_from_checkpoint(path, weights_only=False)
+    assert reloaded.teacher is None and tokenizer_file.read_text() == tokenizer_file_text
+    assert [a.num_heads for a in (layer.self_attn for layer in reloaded.bert.layers)] == [2, 1]
+    torch.testing.assert_close(reloaded.encode(probe), student.encode(probe), atol=1e-6, rtol=0)
+
+
+def test_parallel_loss_adds_the_target_term(tokenizer_file: Path) -> None:
+    student = tiny_module(tokenizer_file, seed=2)
+    attach_teacher(student, tiny_module(tokenizer_file, seed=1))
+    student.log = lambda *a, **k: None  # outside a Trainer
+    src = tokenize(student.tokenizer, ["EU rejects lamb", "German call"], 32)
+    tgt = tokenize(student.tokenizer, ["British lamb", "boycott German call ."], 32)
+    batch = {**src, "index": torch.tensor([0, 1])}
+    student.teacher_cache = student.teacher.encode(["EU rejects lamb", "German call"], normalized=False)
+    alone = student.training_step(batch, 0)
+    with_target = student.training_step({**batch, "target_input_ids": tgt["input_ids"],
+                                         "target_attention_mask": tgt["attention_mask"]}, 0)
+    extra = student.distill_loss(student.embed(**tgt), student.teacher_cache)
+    torch.testing.assert_close(with_target, alone + extra)
+
+
+def test_bad_inputs_give_one_clear_error(tokenizer_file: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a b,c d,3.5\nonly,two\n")
+    with pytest.raises(ValueError, match=rf"{bad}:2: expected 3 columns"):
+        read_sts(bad)
+    bad.write_text("a b,c d,3.5\na,b,5.0\nx,y,7\n")
+    with pytest.raises(ValueError, match=rf"{bad}:3: score 7.0 is outside 0.0-5.0"):
+        read_sts(bad)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    with pytest.raises(ValueError, match="has no sentences"):
+        read_sentences(empty)
+    with pytest.raises(ValueError, match="leave nothing"):
+        neurons_to_keep([torch.rand(4)], 1.0)
+    with pytest.raises(ValueError, match="every head"):
+        check_config(PipelineConfig(train_files=[], sts_files={"en": "x"}, score_file="x", prune_heads=1.0))
+    other = BertWordPieceTokenizer(lowercase=True)
+    other.train_from_iterator(["a completely different corpus of words"] * 3, vocab_size=120, show_progress=False)
+    other_path = tmp_path / "other.json"
+    other.save(str(other_path))
+    student = tiny_module(other_path)
+    attach_teacher(student, tiny_module(tokenizer_file))
+    with pytest.raises(ValueError, match="different tokenizer vocabularies"):
+        student.setup("fit")
+
+
+@requires_data
+def test_real_sts_dev_slice_evaluates_with_minilm() -> None:
+    pairs = read_sts(DATA / "stsb/stsb-en-dev.csv")[:64]
+    assert len(pairs) == 64 and all(0 <= p.score <= 5 for p in pairs)
+    model = SentenceEncoderModule(checkpoint_dir=str(default_checkpoint_dir())).eval()
+    score = evaluate_sts(model, pairs)
+    assert 80 < score <= 100  # all-MiniLM-L6-v2 is a strong STS model; a broken pooling scores far lower
+    conll = read_sentences(DATA / "conll2003/eng.testa")
+    assert conll[0] == "CRICKET - LEICESTERSHIRE TAKE OVER AT TOP AFTER INNINGS VICTORY ."
