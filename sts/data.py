@@ -13,11 +13,11 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning as L
 import torch
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader
 
+from core.batching import LengthBatchSampler, ResumableDataModule
 from core.hf_import import default_checkpoint_dir, load_tokenizer
 from ner.conll import read_conll
 
@@ -103,13 +103,15 @@ def tokenize(tokenizer: Tokenizer, sentences: list[str], max_length: int) -> dic
     return {"input_ids": input_ids, "attention_mask": mask}
 
 
-class SentenceDataModule(L.LightningDataModule):
+class SentenceDataModule(ResumableDataModule):
     """Training: indexed unlabelled sentences (or parallel pairs); validation: one STS file per language.
 
     `train_files` are sentence files (`read_sentences`), deduplicated and, with `max_sentences`,
     sub-sampled; `parallel_files` [[source, target], ...] add aligned pairs for the seed's
     parallel loss (target sentences are only fed to the student). A training batch is
-    {"index", "input_ids", "attention_mask"} (+ "target_input_ids", "target_attention_mask").
+    {"index", "input_ids", "attention_mask"} (+ "target_input_ids", "target_attention_mask");
+    batches group sentences of similar token length (little padding) in a shuffled order, and
+    a resumed run continues at the checkpointed position (`ResumableDataModule`).
     `sts_files` {language: csv} are the validation sets, one dataloader each.
     """
 
@@ -155,9 +157,11 @@ class SentenceDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if not self.sentences:
             raise ValueError("SentenceDataModule has no training sentences: set train_files or parallel_files")
-        gen = torch.Generator().manual_seed(self.hparams.seed)
-        return DataLoader(range(len(self.sentences)), batch_size=self.hparams.batch_size, shuffle=True,
-                          generator=gen, collate_fn=self._collate_train)
+        lengths = [min(len(e.ids), self.hparams.max_length) for e in self.tokenizer.encode_batch(self.sentences)]
+        rank, world = self.shard()
+        sampler = LengthBatchSampler(lengths, batch_size=self.hparams.batch_size, shuffle=True,
+                                     seed=self.hparams.seed, rank=rank, num_replicas=world)
+        return self.make_loader(range(len(self.sentences)), sampler, self._collate_train, train=True)
 
     def val_dataloader(self) -> list[DataLoader]:
         return [self.sts_loader(pairs) for pairs in self.sts.values()]

@@ -171,13 +171,16 @@ class SentenceEncoderModule(CompressionHooks, LightningModule):
         returns the pooled embedding before normalisation (what distillation matches)."""
         was_training = self.training
         self.eval()
-        out = []
-        for start in range(0, len(sentences), batch_size):
-            batch = tokenize(self.tokenizer, sentences[start : start + batch_size], self.max_length)
+        # Batches of similar length waste little on padding; rows go back to the input order.
+        order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))
+        out = torch.zeros(len(sentences), self.bert.cfg.hidden_size)
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            batch = tokenize(self.tokenizer, [sentences[i] for i in rows], self.max_length)
             ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
-            out.append((self(ids, mask) if normalized else self.embed(ids, mask)).cpu())
+            out[rows] = (self(ids, mask) if normalized else self.embed(ids, mask)).float().cpu()
         self.train(was_training)
-        return torch.cat(out) if out else torch.zeros(0, self.bert.cfg.hidden_size)
+        return out
 
     def on_fit_start(self) -> None:
         """Print the parameter count; freeze the teacher and cache its embeddings of the training sentences."""
