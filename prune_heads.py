@@ -16,15 +16,22 @@ together, or per type `TYPE=AMOUNT,...` (types: encoder_self, decoder_self, deco
 bert_self). Writes `<output>` (reloads alone with `TranslationModule/TaggerModule
 .load_from_checkpoint(path, weights_only=False)`) and `<report>.json` / `<report>.md`
 (default: the output path without its suffix).
+
+Optional fine-tuning: `--finetune_epochs N --finetune_config configs/nmt/small.yaml` trains the
+pruned checkpoint for N epochs with that config (`train.py`, `init_from` the pruned file;
+`--finetune_args "..."` adds train.py flags, e.g. `--data.dir`) and adds the fine-tuned quality
+to the report (`quality.finetuned`, `finetuned_checkpoint`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
+from pathlib import Path
 
-from compression.pruning_pipeline import METHODS, PruneOptions, prune_checkpoint
+from compression.pruning_pipeline import METHODS, PruneOptions, load_module, measure_quality, prune_checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,14 +58,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency_repeats", type=int, default=10)
     p.add_argument("--seed", type=int, default=0, help="random method / example inputs")
     p.add_argument("--report", help="report path without suffix (default: output without suffix)")
+    p.add_argument("--finetune_epochs", type=int, default=0, help="fine-tune the pruned model for N epochs")
+    p.add_argument("--finetune_config", help="training config for fine-tuning (e.g. configs/nmt/small.yaml)")
+    p.add_argument("--finetune_args", default="", help="extra train.py arguments for fine-tuning")
     return p
+
+
+def check_finetune(epochs: int, config: str | None) -> None:
+    """Fine-tuning needs an existing training config; checked before the (slow) pruning."""
+    if epochs < 0 or epochs and not (config and Path(config).is_file()):
+        raise ValueError(f"--finetune_epochs {epochs} needs >= 0 epochs and --finetune_config, an existing "
+                         f"training config (got {config!r})")
+
+
+def finetune(report: dict, opts: PruneOptions, epochs: int, config: str | None, extra: str) -> dict:
+    """Train the pruned checkpoint `epochs` epochs with `config`; add the fine-tuned quality to the report."""
+    check_finetune(epochs, config)
+    from core.cli import main as train_main
+    cli = train_main(["--config", config, "--model.init_args.init_from", opts.output, "--trainer.max_epochs",
+                      str(epochs), "--test", "false", *shlex.split(extra)])
+    folder = Path(cli.trainer.checkpoint_callback.dirpath)
+    tuned = folder / "swa.ckpt" if (folder / "swa.ckpt").is_file() else folder / "last.ckpt"
+    report["finetuned_checkpoint"], report["finetune_epochs"] = str(tuned), epochs
+    report["quality"]["finetuned"] = measure_quality(report["task"], load_module(tuned)[1], opts)
+    stem = Path(opts.report) if opts.report else Path(opts.output).with_suffix("")
+    Path(f"{stem}.json").write_text(json.dumps(report, indent=2, default=str))
+    with open(f"{stem}.md", "a") as md:
+        md.write(f"\nFine-tuned {epochs} epoch(s) with `{config}` -> `{tuned}`: {report['quality']['finetuned']}\n")
+    return report
 
 
 def main(argv: list[str] | None = None) -> dict:
     """Parse `argv`, run the pipeline, print a short summary; bad input exits with one error line."""
-    args = build_parser().parse_args(argv)
+    args = vars(build_parser().parse_args(argv))
+    tune = [args.pop(k) for k in ("finetune_epochs", "finetune_config", "finetune_args")]
     try:
-        report = prune_checkpoint(PruneOptions(**vars(args)))
+        check_finetune(tune[0], tune[1])
+        opts = PruneOptions(**args)
+        report = prune_checkpoint(opts)
+        if tune[0]:
+            report = finetune(report, opts, *tune)
     except (ValueError, FileNotFoundError) as err:
         if argv is not None:  # called from Python (tests): let the caller see the exception
             raise

@@ -8,7 +8,7 @@ from pathlib import Path
 import lightning
 import pytest
 import torch
-from conftest import requires_data, save_like_lightning, tiny_nmt_args
+from conftest import REPO, requires_data, save_like_lightning, tiny_nmt_args
 from tokenizers.implementations import BertWordPieceTokenizer
 
 from compression.gates import attached_gates, detach_gates
@@ -194,3 +194,25 @@ def test_command_line_error_is_one_line(tmp_path, monkeypatch, capsys):
                                      "--prune", "1", "--output", str(tmp_path / "o.ckpt")])
     with pytest.raises(SystemExit, match=r"^prune_heads.py: error: checkpoint .* does not exist$"):
         prune_main()
+
+
+@requires_data
+def test_finetune_epochs_trains_the_pruned_checkpoint_and_reports_its_bleu(trained_nmt, multi30k_slice, tmp_path):
+    out = tmp_path / "pruned.ckpt"
+    extra = " ".join(tiny_nmt_args(multi30k_slice, tmp_path / "ft")[2:]) + " --trainer.max_steps 2"
+    test_src, test_ref = multi30k_slice / "test_2016_flickr.en", multi30k_slice / "test_2016_flickr.de"
+    report = prune_main(["--ckpt", str(trained_nmt), "--method", "random", "--prune", "encoder_self=0.5",
+                         "--output", str(out), "--eval_src", str(test_src), "--eval_ref", str(test_ref),
+                         "--beam_size", "1", "--finetune_epochs", "1", "--finetune_config",
+                         str(REPO / "tests/fixtures/nmt_tiny.yaml"), "--finetune_args", extra, *FAST])
+    tuned = TranslationModule.load_from_checkpoint(report["finetuned_checkpoint"], map_location="cpu",
+                                                   weights_only=False)
+    assert head_config(tuned.model) == report["heads"]["kept"]  # the pruned layout was trained, not a dense model
+    assert set(report["quality"]) == {"before", "after", "finetuned"} and "bleu" in report["quality"]["finetuned"]
+    assert json.loads(out.with_suffix(".json").read_text())["finetune_epochs"] == 1
+
+
+def test_finetune_without_config_fails_before_pruning(tmp_path):
+    with pytest.raises(ValueError, match="--finetune_config"):
+        prune_main(["--ckpt", str(tmp_path / "x.ckpt"), "--method", "random", "--prune", "1",
+                    "--output", str(tmp_path / "o.ckpt"), "--finetune_epochs", "1"])

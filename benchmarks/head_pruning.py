@@ -1,0 +1,353 @@
+"""Attention-head pruning benchmark (issue 5) on the Multi30k teacher and the CoNLL-2003 tagger.
+
+    python benchmarks/head_pruning.py --stages curve_nmt gates scratch latency curve_ner \
+        --gate_epochs 2 --scratch_epochs 6 --ner_ckpt RUN/checkpoints/best-2.ckpt
+    python benchmarks/head_pruning.py --smoke        # every stage on tiny slices, < 1-2 minutes
+
+Stages (each appends its section to `benchmarks/results/head_pruning.json` as soon as it has a
+row, and rewrites `head_pruning.md`; plots go to `benchmarks/results/*.png`):
+
+1. `curve_nmt`  Michel et al.: test2016 BLEU vs share of ALL heads pruned (one shot), heads
+   ranked by Taylor importance (|dL/d mask_h| over `--score_sentences` training pairs) vs
+   random (mean over `--random_seeds`). Decoding with `--curve_beam` (1 = greedy).
+2. `gates`      Voita et al.: per L0 lambda, gate fine-tuning from the teacher (`train.py` with
+   `configs/nmt/gates_l0_<lambda>.yaml`, skipped if its checkpoint exists), then the heads whose
+   eval-time gate is <= `--gate_threshold` are cut out (`prune_heads.py --method gates`); heads
+   kept per attention type, test2016 BLEU (beam 5), params, FLOPs, latency.
+3. `scratch`    the same head counts trained from scratch with the teacher's recipe
+   (`configs/nmt/small.yaml`) for `--scratch_epochs` epochs (the teacher had 18).
+4. `latency`    speed-up of pruned models (Taylor 25/50/75 %, gate models) over the teacher:
+   a teacher-forced forward over real test2016 batches of 1/16/64 sentences, the models timed
+   in turn on each batch (same inputs), median over batches of the per-batch time ratio;
+   next to the FLOP reduction (FLOPs of the same forward) and their ratio.
+5. `curve_ner`  the Taylor-vs-random curve for a tagger checkpoint (test F1 on eng.testb).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from head_pruning_report import heatmap_from_gif, markdown, plot_curve  # noqa: E402
+
+from compression.importance import random_importance, taylor_importance  # noqa: E402
+from compression.prune import heads_to_keep, prune_model  # noqa: E402
+from compression.pruning_pipeline import (  # noqa: E402
+    PruneOptions,
+    load_module,
+    measure_quality,
+    ner_batches,
+    ner_loss,
+    nmt_batches,
+    nmt_loss,
+    prune_checkpoint,
+)
+from compression.report import flops_per_token, parameter_counts  # noqa: E402
+from compression.scratch import write_scratch_init  # noqa: E402
+from core.data_dir import REPO_ROOT, resolve_data_dir  # noqa: E402
+from core.training import git_commit  # noqa: E402
+
+STAGES = ("curve_nmt", "gates", "scratch", "latency", "curve_ner")
+TEACHER = REPO_ROOT / "benchmarks/work/nmt_multi30k/nmt_small/version_1/checkpoints/swa.ckpt"
+RESULTS = REPO_ROOT / "benchmarks/results"
+TEACHER_EPOCHS = 18
+SHORT = {"encoder_self": "enc", "decoder_self": "dec", "decoder_cross": "cross", "bert_self": "bert"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    p.add_argument("--teacher", default=str(TEACHER), help="converged TranslationModule checkpoint")
+    p.add_argument("--ner_ckpt", default=None, help="trained TaggerModule checkpoint (curve_ner)")
+    p.add_argument("--data_dir", default=None, help="folder with multi30k/ and conll2003/ (default: ../shared/data)")
+    p.add_argument("--work", default=str(REPO_ROOT / "benchmarks/work/head_pruning"))
+    p.add_argument("--results", default=str(RESULTS / "head_pruning.json"))
+    p.add_argument("--fractions", type=float, nargs="+", default=[i / 10 for i in range(10)])
+    p.add_argument("--score_sentences", type=int, default=2000, help="training pairs/sentences for Taylor scores")
+    p.add_argument("--random_seeds", type=int, default=3)
+    p.add_argument("--curve_beam", type=int, default=1, help="beam for the BLEU curve (1 = greedy)")
+    p.add_argument("--eval_sentences", type=int, default=None, help="first N test sentences only (smoke)")
+    p.add_argument("--lambdas", nargs="+", default=["0.01", "0.05", "0.1"])
+    p.add_argument("--gate_epochs", type=int, default=2)
+    p.add_argument("--gate_threshold", type=float, default=0.5)
+    p.add_argument("--scratch_epochs", type=int, default=6)
+    p.add_argument("--scratch_lambdas", nargs="+", default=None, help="gate rows to retrain (default: all)")
+    p.add_argument("--taylor_levels", type=float, nargs="+", default=[0.25, 0.5, 0.75])
+    p.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 16, 64])
+    p.add_argument("--latency_batches", type=int, default=40, help="real test batches timed per batch size")
+    p.add_argument("--latency_rounds", type=int, default=3)
+    p.add_argument("--train_args", default="", help="extra train.py arguments for gate/scratch runs")
+    p.add_argument("--smoke", action="store_true", help="tiny slices of every stage, to check the script")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.fractions, args.score_sentences, args.random_seeds, args.eval_sentences = [0.0, 0.5], 32, 1, 40
+        args.lambdas, args.gate_epochs, args.scratch_epochs, args.taylor_levels = ["0.05"], 1, 1, [0.5]
+        args.latency_batches, args.latency_rounds = 2, 1
+        args.train_args += " --trainer.limit_train_batches 3 --trainer.limit_val_batches 1"
+        args.work, args.results = args.work + "_smoke", str(Path(args.work + "_smoke") / "head_pruning.json")
+    return args
+
+
+class Bench:
+    """Paths, data files and the results file of one benchmark invocation."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args, self.work, self.results = args, Path(args.work), Path(args.results)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.data = resolve_data_dir(args.data_dir, "multi30k").parent
+        m30k = self.data / "multi30k"
+        self.train_src, self.train_ref = m30k / "train.en", m30k / "train.de"
+        self.test_src = self._head(m30k / "test_2016_flickr.en")
+        self.test_ref = self._head(m30k / "test_2016_flickr.de")
+        self.state = json.loads(self.results.read_text()) if self.results.is_file() else {}
+        self.state["meta"] = {"git_commit": git_commit(), "teacher": args.teacher, "teacher_epochs": TEACHER_EPOCHS,
+                              "smoke": args.smoke, "torch_threads": torch.get_num_threads()}
+
+    def _head(self, path: Path) -> Path:
+        """The file itself, or (with --eval_sentences) a copy of its first lines in the work folder."""
+        n = self.args.eval_sentences
+        if n is None:
+            return path
+        out = self.work / f"{path.name}.first{n}"
+        out.write_text("".join(path.read_text().splitlines(keepends=True)[:n]))
+        return out
+
+    def save(self, stage: str, section: dict) -> None:
+        """Store a stage's section, write JSON and markdown (called after every row)."""
+        self.state[stage] = section
+        self.results.parent.mkdir(parents=True, exist_ok=True)
+        self.results.write_text(json.dumps(self.state, indent=2, default=str))
+        self.results.with_suffix(".md").write_text(markdown(self.state))
+        print(f"[{stage}] saved {self.results}", flush=True)
+
+    def png(self, name: str) -> Path:
+        return (self.work if self.args.smoke else self.results.parent) / name
+
+    def train(self, name: str, configs: list[str], init_from: Path, epochs: int) -> Path:
+        """Run train.py (subprocess) unless its last checkpoint exists; returns the run folder."""
+        run = self.work / name / "version_0"
+        if (run / "checkpoints/last.ckpt").is_file():
+            print(f"[train] {name}: {run} exists, skipped", flush=True)
+            return run
+        cmd = [sys.executable, str(REPO_ROOT / "train.py"), *[a for c in configs for a in ("--config", c)],
+               "--model.init_args.init_from", str(init_from), "--trainer.max_epochs", str(epochs),
+               "--trainer.logger.init_args.save_dir", str(self.work), "--trainer.logger.init_args.name", name,
+               "--trainer.logger.init_args.version", "0", "--test", "false", "--data.dir", str(self.data),
+               *shlex.split(self.args.train_args)]
+        print("[train]", shlex.join(cmd), flush=True)
+        start = time.time()
+        subprocess.run(cmd, check=True, cwd=REPO_ROOT)
+        print(f"[train] {name}: {time.time() - start:.0f} s", flush=True)
+        return run
+
+
+def heads_kept(network: torch.nn.Module) -> dict[str, int]:
+    from compression.heads import attention_modules
+    return {SHORT[k]: sum(a.num_heads for a in attns) for k, attns in attention_modules(network).items()}
+
+
+def nmt_bleu(module, bench: Bench, beam: int) -> float:
+    from nmt.translate import evaluate_file
+    with torch.no_grad():
+        return float(evaluate_file(module, bench.test_src, bench.test_ref, beam)["bleu"])
+
+
+def ner_f1(module, conll: Path) -> float:
+    opts = PruneOptions(checkpoint="", output="", method="taylor", eval_conll=str(conll))
+    return measure_quality("ner", module, opts)["f1"]
+
+
+def curve(module, scores_fn, evaluate, fractions: list[float], seeds: int) -> list[dict]:
+    """Quality after one-shot pruning of each fraction of all heads, Taylor vs random (mean of seeds)."""
+    rows = []
+    taylor = scores_fn()
+    network = module.compressible_network()
+    for frac in fractions:
+        row: dict = {"fraction": frac}
+        for name, scores in [("taylor", taylor)] + [(f"random_{s}", random_importance(network, seed=s))
+                                                     for s in range(seeds)]:
+            pruned = copy.deepcopy(module)
+            prune_model(pruned.compressible_network(), heads_to_keep(scores, frac))
+            row[name] = evaluate(pruned.eval())
+            row.setdefault("heads_kept", heads_kept(pruned.compressible_network()))
+        row["random_mean"] = statistics.mean(row[f"random_{s}"] for s in range(seeds))
+        print(f"[curve] {frac:.0%} pruned: taylor {row['taylor']:.4g}, random {row['random_mean']:.4g}", flush=True)
+        rows.append(row)
+        yield rows
+
+
+def stage_curve_nmt(bench: Bench) -> None:
+    a = bench.args
+    _, teacher = load_module(a.teacher)
+    batches = nmt_batches(teacher, bench.train_src, bench.train_ref, a.score_sentences, 32)
+    section = {"metric": f"test2016 BLEU, beam {a.curve_beam}", "score_sentences": a.score_sentences,
+               "random_seeds": a.random_seeds, "rows": []}
+    for rows in curve(teacher, lambda: taylor_importance(teacher, batches, nmt_loss),
+                      lambda m: nmt_bleu(m, bench, a.curve_beam), a.fractions, a.random_seeds):
+        section["rows"] = rows
+        section["plot"] = str(plot_curve(rows, "BLEU (test2016)", "Multi30k en-de: heads pruned vs BLEU",
+                                         bench.png("head_pruning_curve_nmt.png")))
+        bench.save("curve_nmt", section)
+
+
+def size_row(report: dict) -> dict:
+    after = report["size"]["after"]
+    return {"params": after["params"]["total"], "flops": after["flops_per_token"],
+            "latency_ms": after["latency_ms"]}
+
+
+def stage_gates(bench: Bench) -> None:
+    a = bench.args
+    _, teacher = load_module(a.teacher)
+    section = bench.state.get("gates", {})
+    if "teacher_bleu" not in section:
+        section["teacher_bleu"] = nmt_bleu(teacher, bench, 5)
+    section.update(epochs=a.gate_epochs, gate_threshold=a.gate_threshold, rows=section.get("rows", []))
+    section["teacher_heads"] = heads_kept(teacher.compressible_network())
+    done = {r["lambda"] for r in section["rows"]}
+    for lam in a.lambdas:
+        if lam in done:
+            continue
+        run = bench.train(f"gates_l0_{lam}", ["configs/nmt/small.yaml", f"configs/nmt/gates_l0_{lam}.yaml"],
+                          Path(a.teacher), a.gate_epochs)
+        out = bench.work / f"gates_l0_{lam}_pruned.ckpt"
+        report = prune_checkpoint(PruneOptions(
+            checkpoint=str(run / "checkpoints/last.ckpt"), output=str(out), method="gates",
+            gate_threshold=a.gate_threshold, eval_src=str(bench.test_src), eval_ref=str(bench.test_ref),
+            beam_size=5, batch_sizes=a.batch_sizes, report=str(bench.work / f"gates_l0_{lam}_report")))
+        kept = {SHORT[k]: sum(v) for k, v in report["heads"]["after"].items()}
+        bleu = report["quality"]["after"]["bleu"]
+        section["rows"].append({"lambda": lam, "heads_kept": kept, "heads_per_layer": report["heads"]["after"],
+                                "bleu": bleu, "bleu_gated": report["quality"]["before"]["bleu"],
+                                "bleu_lost": section["teacher_bleu"] - bleu, "checkpoint": str(out),
+                                **size_row(report)})
+        gifs = sorted(run.glob("*.gif"))
+        if gifs and (lam == "0.05" or "heatmap" not in section):
+            section["heatmap"] = str(heatmap_from_gif(gifs[0], bench.png("head_gates_heatmap.png")))
+        bench.save("gates", section)
+
+
+def stage_scratch(bench: Bench) -> None:
+    a = bench.args
+    rows = bench.state.get("gates", {}).get("rows", [])
+    if not rows:
+        raise SystemExit("scratch: run the gates stage first (it defines the head configurations)")
+    section = {"epochs": a.scratch_epochs, "teacher_epochs": TEACHER_EPOCHS,
+               "budget": f"{a.scratch_epochs} epochs from scratch vs the teacher's {TEACHER_EPOCHS} "
+                         f"(+{a.gate_epochs} gate epochs for the pruned models)", "rows": []}
+    from nmt.translate import load_translator
+    for row in [r for r in rows if a.scratch_lambdas is None or r["lambda"] in a.scratch_lambdas]:
+        name = f"scratch_l0_{row['lambda']}_e{a.scratch_epochs}"
+        init = bench.work / f"{name}_init.ckpt"
+        heads = write_scratch_init(row["checkpoint"], init)
+        run = bench.train(name, ["configs/nmt/small.yaml"], init, a.scratch_epochs)
+        ckpt = run / "checkpoints/swa.ckpt"
+        ckpt = ckpt if ckpt.is_file() else run / "checkpoints/last.ckpt"
+        section["rows"].append({"lambda": row["lambda"], "heads_per_layer": heads,
+                                "heads_kept": {SHORT[k]: sum(v) for k, v in heads.items()},
+                                "bleu": nmt_bleu(load_translator(ckpt), bench, 5), "pruned_bleu": row["bleu"],
+                                "checkpoint": str(ckpt)})
+        bench.save("scratch", section)
+
+
+def time_models(models: dict[str, torch.nn.Module], batches: list[dict], rounds: int) -> dict[str, list[float]]:
+    """Seconds per batch for each model (median over rounds), the models run in turn on each batch."""
+    out: dict[str, list[float]] = {name: [] for name in models}
+    with torch.inference_mode():
+        for batch in batches:
+            for model in models.values():  # warm-up: shapes new to the allocator
+                model(batch["src"], batch["tgt_in"])
+            times: dict[str, list[float]] = {name: [] for name in models}
+            for _ in range(rounds):
+                for name, model in models.items():
+                    start = time.perf_counter()
+                    model(batch["src"], batch["tgt_in"])
+                    times[name].append(time.perf_counter() - start)
+            for name in models:
+                out[name].append(statistics.median(times[name]))
+    return out
+
+
+def stage_latency(bench: Bench) -> None:
+    a = bench.args
+    _, teacher = load_module(a.teacher)
+    models = {"teacher": teacher}
+    score_batches = nmt_batches(teacher, bench.train_src, bench.train_ref, a.score_sentences, 32)
+    scores = taylor_importance(teacher, score_batches, nmt_loss)
+    for level in a.taylor_levels:
+        pruned = copy.deepcopy(teacher)
+        prune_model(pruned.compressible_network(), heads_to_keep(scores, level))
+        models[f"taylor_{level:.0%}"] = pruned
+    for row in bench.state.get("gates", {}).get("rows", []):
+        models[f"gates_l0_{row['lambda']}"] = load_module(row["checkpoint"])[1]
+    nets = {name: m.model.eval() for name, m in models.items()}
+    section = {"measure": "teacher-forced forward (encoder + decoder + output projection) over real test2016 "
+                          "batches in file order; per model the median over rounds per batch; speed-up = median "
+                          "over batches of teacher time / model time; FLOPs of the same forward",
+               "rounds": a.latency_rounds, "batches_per_size": a.latency_batches, "rows": []}
+    per_size = {}
+    for bs in a.batch_sizes:
+        batches = nmt_batches(teacher, bench.test_src, bench.test_ref, bs * a.latency_batches, bs)
+        per_size[bs] = (batches, time_models(nets, batches, a.latency_rounds))
+        print(f"[latency] batch {bs}: {len(batches)} batches timed", flush=True)
+    flops_batch = per_size[a.batch_sizes[0]][0][0]
+    count = lambda inputs: int(inputs[1].numel())  # noqa: E731  target tokens of (src, tgt_in)
+    base_flops = flops_per_token(nets["teacher"], (flops_batch["src"], flops_batch["tgt_in"]), count)
+    for name, net in nets.items():
+        flops = flops_per_token(net, (flops_batch["src"], flops_batch["tgt_in"]), count)
+        row = {"model": name, "heads_kept": heads_kept(net), "params": parameter_counts(net)["total"],
+               "flops": flops, "flop_reduction": base_flops / flops, "latency_ms": {}, "speedup": {}, "ratio": {}}
+        for bs, (_, times) in per_size.items():
+            row["latency_ms"][bs] = 1000 * statistics.median(times[name])
+            row["speedup"][bs] = statistics.median(t / m for t, m in zip(times["teacher"], times[name], strict=True))
+            row["ratio"][bs] = row["speedup"][bs] / row["flop_reduction"]
+        section["rows"].append(row)
+        print(f"[latency] {name}: FLOPs /{row['flop_reduction']:.2f}, speed-up {row['speedup']}", flush=True)
+    bench.save("latency", section)
+
+
+def stage_curve_ner(bench: Bench) -> None:
+    a = bench.args
+    if not a.ner_ckpt:
+        raise SystemExit("curve_ner needs --ner_ckpt (a trained TaggerModule checkpoint)")
+    conll = resolve_data_dir(a.data_dir, "conll2003")
+    _, tagger = load_module(a.ner_ckpt)
+    test = conll / "eng.testb"
+    if a.eval_sentences:
+        blocks = test.read_text().split("\n\n")[: a.eval_sentences + 1]
+        test = bench.work / "eng.testb.head"
+        test.write_text("\n\n".join(blocks) + "\n")
+    batches = ner_batches(tagger, conll / "eng.train", a.score_sentences, 32)
+    section = {"metric": "test F1 (eng.testb, seqeval)", "checkpoint": a.ner_ckpt,
+               "score_sentences": a.score_sentences, "random_seeds": a.random_seeds, "rows": []}
+    for rows in curve(tagger, lambda: taylor_importance(tagger, batches, ner_loss), lambda m: ner_f1(m, test),
+                      a.fractions, a.random_seeds):
+        section["rows"] = rows
+        section["plot"] = str(plot_curve(rows, "entity F1 (eng.testb)", "CoNLL-2003 tagger: heads pruned vs F1",
+                                         bench.png("head_pruning_curve_ner.png")))
+        bench.save("curve_ner", section)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    bench = Bench(args)
+    for stage in args.stages:
+        start = time.time()
+        print(f"=== {stage}", flush=True)
+        globals()[f"stage_{stage}"](bench)
+        print(f"=== {stage}: {time.time() - start:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Markdown tables and plots of `benchmarks/head_pruning.py` results (kept apart so the script stays short)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on benchmark machines
+import matplotlib.pyplot as plt  # noqa: E402
+from PIL import Image  # noqa: E402
+
+
+def plot_curve(rows: list[dict], ylabel: str, title: str, path: Path) -> Path:
+    """Quality vs share of heads pruned, Taylor vs random mean (individual seeds faint)."""
+    x = [100 * r["fraction"] for r in rows]
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.plot(x, [r["taylor"] for r in rows], "o-", label="Taylor importance")
+    ax.plot(x, [r["random_mean"] for r in rows], "s--", label="random (mean)")
+    seeds = sorted(k for k in rows[0] if k.startswith("random_") and k != "random_mean")
+    for key in seeds:
+        ax.plot(x, [r[key] for r in rows], ".", color="grey", alpha=0.5)
+    ax.set(xlabel="% of all heads pruned (one shot)", ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def heatmap_from_gif(gif: Path, path: Path) -> Path:
+    """The last frame of a GateHeatmap GIF (P(open) at the end of gate training) as a PNG."""
+    with Image.open(gif) as image:
+        image.seek(image.n_frames - 1)
+        image.convert("RGB").save(path)
+    return path
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _heads(kept: dict[str, int]) -> str:
+    return " / ".join(str(v) for v in kept.values())
+
+
+def _curve_table(section: dict, digits: int) -> list[str]:
+    lines = [f"Metric: {section['metric']}; Taylor scores on {section['score_sentences']} sentences; "
+             f"random = mean of {section['random_seeds']} seeds. Plot: `{Path(section.get('plot', '')).name}`", "",
+             "| % heads pruned | heads kept by Taylor (per type) | Taylor | random |", "|---|---|---|---|"]
+    for r in section["rows"]:
+        lines.append(f"| {100 * r['fraction']:.0f} | {_heads(r['heads_kept'])} | {_fmt(r['taylor'], digits)} "
+                     f"| {_fmt(r['random_mean'], digits)} |")
+    return lines
+
+
+def markdown(state: dict) -> str:
+    """The whole results file as markdown (only the stages that have run)."""
+    meta = state.get("meta", {})
+    out = ["# Attention-head pruning (issue 5)", "",
+           f"Teacher `{meta.get('teacher')}` ({meta.get('teacher_epochs')} epochs); commit `{meta.get('git_commit')}`"
+           + ("; **SMOKE RUN (tiny slices, numbers meaningless)**" if meta.get("smoke") else ""), ""]
+    if g := state.get("gates"):
+        scratch = {r["lambda"]: r for r in state.get("scratch", {}).get("rows", [])}
+        t = g["teacher_heads"]
+        out += ["## L0 gates (Voita et al.)", "",
+                f"Gate fine-tuning {g['epochs']} epochs from the teacher, heads with eval gate <= "
+                f"{g['gate_threshold']} cut out. Teacher: {_heads(t)} heads (enc / dec / cross), test2016 BLEU "
+                f"{_fmt(g['teacher_bleu'])} (beam 5).", "",
+                "| λ | heads kept enc / dec / cross | BLEU pruned | Δ vs teacher | BLEU gated "
+                "| same heads from scratch | params | FLOPs/token |", "|---|---|---|---|---|---|---|---|"]
+        for r in g["rows"]:
+            s = scratch.get(r["lambda"], {}).get("bleu")
+            out.append(f"| {r['lambda']} | {_heads(r['heads_kept'])} | {_fmt(r['bleu'])} | {-r['bleu_lost']:+.2f} "
+                       f"| {_fmt(r['bleu_gated'])} | {_fmt(s)} | {r['params']:,} | {r['flops']:,.0f} |")
+        if "scratch" in state:
+            out += ["", f"From scratch: {state['scratch']['budget']}."]
+        if g.get("heatmap"):
+            out += ["", f"![P(open) per layer × head at the end of gate training]({Path(g['heatmap']).name})"]
+        out.append("")
+    if c := state.get("curve_nmt"):
+        out += ["## BLEU vs heads pruned, Multi30k (Michel et al.)", "", *_curve_table(c, 2), ""]
+    if lat := state.get("latency"):
+        sizes = list(lat["rows"][0]["speedup"])
+        out += ["## CPU latency vs FLOPs", "", f"Measured: {lat['measure']}.", "",
+                "| model | heads kept | params | FLOP reduction | " + " | ".join(f"speed-up @{b}" for b in sizes)
+                + " | " + " | ".join(f"ratio @{b}" for b in sizes) + " |",
+                "|---|---|---|---|" + "---|" * (2 * len(sizes))]
+        for r in lat["rows"]:
+            out.append(f"| {r['model']} | {_heads(r['heads_kept'])} | {r['params']:,} | {r['flop_reduction']:.2f}× | "
+                       + " | ".join(f"{r['speedup'][b]:.2f}×" for b in sizes) + " | "
+                       + " | ".join(f"{r['ratio'][b]:.2f}" for b in sizes) + " |")
+        out.append("")
+    if n := state.get("curve_ner"):
+        out += ["## F1 vs heads pruned, CoNLL-2003 tagger", "", *_curve_table(n, 4), ""]
+    return "\n".join(out)

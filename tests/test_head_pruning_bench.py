@@ -1,0 +1,152 @@
+"""Gate learning rate, from-scratch inits with a pruned head layout, and the head-pruning benchmark helpers."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import REPO, save_like_lightning
+from PIL import Image
+
+from compression.gates import attached_gates
+from compression.heads import attention_modules
+from compression.prune import apply_head_config, head_config, prune_model
+from compression.pruning_pipeline import load_module
+from compression.scratch import scratch_init, write_scratch_init
+from core.schedules import TriangleSchedule
+from ner.module import TaggerModule
+from nmt.module import TranslationModule
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import head_pruning  # noqa: E402
+import head_pruning_report  # noqa: E402
+
+ARCH = dict(d_model=16, num_heads=4, d_ff=24, encoder_layers=2, decoder_layers=2, dropout=0.0, max_len=32)
+DATA_SPEC = {"vocab_size": 50, "pad_id": 0, "bos_id": 2, "eos_id": 3}
+BERT = dict(vocab_size=120, hidden_size=16, num_hidden_layers=2, num_attention_heads=4, intermediate_size=24,
+            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, max_position_embeddings=64)
+PLAN = {"encoder_self": [[0, 2], []], "decoder_self": [[1], [0, 1, 3]], "decoder_cross": [[3], [0, 1, 2, 3]]}
+
+
+def nmt_module(seed: int = 0, **kw) -> TranslationModule:
+    torch.manual_seed(seed)
+    return TranslationModule(arch=ARCH, data_spec=DATA_SPEC, **kw)
+
+
+def gate_ids(module) -> set[int]:
+    return {id(g.log_alpha) for layers in attached_gates(module.compressible_network()).values() for g in layers}
+
+
+def schedule_step(module, optimizer: torch.optim.Optimizer, step: int) -> None:
+    """What TriangleSchedule does before optimizer step `step` of 100."""
+    trainer = SimpleNamespace(optimizers=[optimizer], global_step=step, estimated_stepping_batches=100)
+    TriangleSchedule(peak_lr=1e-4, warmup=10).on_train_batch_start(trainer, module, None, 0)
+
+
+@pytest.mark.parametrize("task", ["nmt", "ner"])
+def test_gate_lr_is_its_own_constant_group_untouched_by_schedules(task, tokenizer_file) -> None:
+    if task == "nmt":
+        module = nmt_module(gate_types=["encoder_self", "decoder_cross"], l0_lambda=0.1, gate_lr=0.05,
+                            weight_decay=0.01)
+    else:
+        module = TaggerModule(bert_config=BERT, gate_types=["bert_self"], l0_lambda=0.1, gate_lr=0.05,
+                              data_spec={"labels": ["O", "B-PER", "I-PER"], "tokenizer": str(tokenizer_file)})
+    optimizer = module.configure_optimizers()
+    groups = optimizer.param_groups
+    gate_groups = [g for g in groups if {id(p) for p in g["params"]} & gate_ids(module)]
+    assert len(gate_groups) == 1 and {id(p) for p in gate_groups[0]["params"]} == gate_ids(module)
+    assert gate_groups[0]["weight_decay"] == 0.0 and gate_groups[0]["lr"] == 0.05
+    counted = [id(p) for g in groups for p in g["params"]]
+    assert sorted(counted) == sorted(id(p) for p in module.parameters())  # every parameter exactly once
+    for step in (0, 5, 50, 99):
+        schedule_step(module, optimizer, step)
+        assert gate_groups[0]["lr"] == 0.05
+        assert all(g["lr"] < 1e-4 + 1e-12 for g in groups if g is not gate_groups[0])
+    # One step moves a log-alpha by about gate_lr (Adam), which 1e-4 never could.
+    before = [g.log_alpha.detach().clone() for layers in attached_gates(module.compressible_network()).values()
+              for g in layers]
+    for p in module.parameters():
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    after = [g.log_alpha.detach() for layers in attached_gates(module.compressible_network()).values()
+             for g in layers]
+    for b, a in zip(before, after, strict=True):
+        torch.testing.assert_close(b - a, torch.full_like(b, 0.05), rtol=1e-3, atol=1e-4)
+
+
+def test_without_gate_lr_gates_follow_the_schedule() -> None:
+    module = nmt_module(gate_types=["encoder_self"], l0_lambda=0.1)
+    optimizer = module.configure_optimizers()
+    assert len(optimizer.param_groups) == 2
+    schedule_step(module, optimizer, 50)
+    assert len({g["lr"] for g in optimizer.param_groups}) == 1
+
+
+def test_gate_lr_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="gate_lr must be > 0"):
+        nmt_module(gate_types=["encoder_self"], gate_lr=0.0).configure_optimizers()
+
+
+def test_scratch_init_has_pruned_layout_and_fresh_dense_weights(tmp_path: Path) -> None:
+    trained = nmt_module(seed=5)
+    prune_model(trained.model, PLAN)
+    pruned_ckpt = tmp_path / "pruned.ckpt"
+    save_like_lightning(trained, pruned_ckpt)
+    heads = write_scratch_init(pruned_ckpt, tmp_path / "init.ckpt", seed=7)
+    assert heads == {k: [len(layer) for layer in v] for k, v in PLAN.items()}
+    _, fresh = load_module(tmp_path / "init.ckpt")  # reloads from the file alone
+    assert head_config(fresh.model) == head_config(trained.model)
+    expected = nmt_module(seed=7)  # a dense model initialised from the same seed, cut to the same heads
+    apply_head_config(expected.model, head_config(trained.model))
+    for (name, p), q in zip(fresh.state_dict().items(), expected.state_dict().values(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
+    assert not torch.equal(fresh.model.encoder[0].self_attn.qkv_proj.weight,
+                           trained.model.encoder[0].self_attn.qkv_proj.weight)
+
+
+def test_scratch_init_refuses_gated_models() -> None:
+    with pytest.raises(ValueError, match="without gates"):
+        scratch_init(nmt_module(gate_types=["encoder_self"]))
+
+
+def test_curve_prunes_each_fraction_taylor_and_random() -> None:
+    module = nmt_module().eval()
+    total = sum(a.num_heads for attns in attention_modules(module.model).values() for a in attns)
+    scores = {k: torch.arange(len(a) * 4, dtype=torch.float).view(len(a), 4)
+              for k, a in attention_modules(module.model).items()}
+    rows = list(head_pruning.curve(module, lambda: scores, lambda m: float(sum(head_pruning.heads_kept(m.model)
+                                                                                .values())), [0.0, 0.5, 1.0], 2))[-1]
+    assert [r["taylor"] for r in rows] == [total, total / 2, 0]
+    assert [r["random_mean"] for r in rows] == [total, total / 2, 0]
+    assert sum(a.num_heads for attns in attention_modules(module.model).values() for a in attns) == total  # copies
+
+
+def test_time_models_gives_one_median_per_batch_and_model() -> None:
+    models = {"a": nmt_module().model.eval(), "b": nmt_module(seed=1).model.eval()}
+    batches = [{"src": torch.randint(4, 50, (2, 5)), "tgt_in": torch.randint(4, 50, (2, 4))} for _ in range(3)]
+    times = head_pruning.time_models(models, batches, rounds=2)
+    assert set(times) == {"a", "b"} and all(len(t) == 3 and min(t) > 0 for t in times.values())
+
+
+def test_report_markdown_plot_and_heatmap(tmp_path: Path) -> None:
+    rows = [{"fraction": f, "heads_kept": {"enc": 4}, "taylor": 30 - f, "random_0": 29 - f, "random_mean": 29 - f}
+            for f in (0.0, 0.5)]
+    png = head_pruning_report.plot_curve(rows, "BLEU", "t", tmp_path / "c.png")
+    assert Image.open(png).size[0] > 100
+    frames = [Image.new("RGB", (8, 8), c) for c in ("red", "blue")]
+    frames[0].save(tmp_path / "g.gif", save_all=True, append_images=frames[1:])
+    last = Image.open(head_pruning_report.heatmap_from_gif(tmp_path / "g.gif", tmp_path / "h.png"))
+    assert last.convert("RGB").getpixel((0, 0))[2] > 200  # the last (blue) frame
+    state = {"meta": {"teacher": "t.ckpt", "teacher_epochs": 18, "git_commit": "abc"},
+             "gates": {"epochs": 2, "gate_threshold": 0.5, "teacher_bleu": 38.0,
+                       "teacher_heads": {"enc": 12, "dec": 12, "cross": 12}, "heatmap": "h.png",
+                       "rows": [{"lambda": "0.05", "heads_kept": {"enc": 3, "dec": 9, "cross": 8}, "bleu": 37.9,
+                                 "bleu_gated": 37.95, "bleu_lost": 0.1, "params": 7_000_000, "flops": 1e7}]},
+             "scratch": {"budget": "6 epochs", "rows": [{"lambda": "0.05", "bleu": 35.5}]},
+             "curve_nmt": {"metric": "BLEU", "score_sentences": 10, "random_seeds": 1, "rows": rows}}
+    text = head_pruning_report.markdown(state)
+    assert "| 0.05 | 3 / 9 / 8 | 37.90 | -0.10 | 37.95 | 35.50 |" in text
+    assert "| 50 | 4 | 29.50 | 28.50 |" in text
