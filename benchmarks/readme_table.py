@@ -33,10 +33,26 @@ def nmt_rows(r: dict) -> list[str]:
     return rows
 
 
+def sts_rows(r: dict) -> list[str]:
+    """Rows for benchmarks/results/sts_prune_distill.json (issue 6), one per model."""
+    rows = ["| STS-B dev, all-MiniLM-L6-v2 prune-then-distil | Spearman en / de / ru | % of teacher (en) | params "
+            "| MFLOPs/token | ms batch 1 / 16 / 64 | speed-up (b16) |", "|---|---|---|---|---|---|---|"]
+    for row in r["rows"]:
+        ms = row["latency_ms"]
+        rows.append(f"| {row['name']} | {row['spearman_en']:.2f} / {row['spearman_de']:.2f} / {row['spearman_ru']:.2f} "
+                    f"| {row['quality_vs_teacher']:.2f} | {row['params'] / 1e6:.1f}M | {row['flops'] / 1e6:.2f} "
+                    f"| {ms['1']:.1f} / {ms['16']:.1f} / {ms['64']:.1f} | {row['speedup_b16']:.2f}× |")
+    rows.append(f"| measured at | `{r['git_commit'][:10]}`, `python benchmarks/sts_prune_distill.py` | | | | | |")
+    return rows
+
+
 def main() -> None:
     path = RESULTS / "nmt_multi30k.json"
     if path.exists():
         print("\n".join(nmt_rows(json.loads(path.read_text()))))
+    path = RESULTS / "sts_prune_distill.json"
+    if path.exists():
+        print("\n" + "\n".join(sts_rows(json.loads(path.read_text()))))
 
 
 if __name__ == "__main__":

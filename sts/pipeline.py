@@ -163,7 +163,7 @@ def markdown_table(report: dict) -> str:
     """The report as a markdown table, one row per model."""
     langs = report.get("languages", [])
     sizes = report.get("latency_batch_sizes", [])
-    head = (["model"] + [f"STS {lang}" for lang in langs] + ["% of teacher (en)", "params", "GFLOPs/token×1e3"]
+    head = (["model"] + [f"STS {lang}" for lang in langs] + ["% of teacher (en)", "params", "MFLOPs/token"]
             + [f"ms @ b{b}" for b in sizes] + ["speed-up b16"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in report.get("rows", []):
@@ -258,7 +258,8 @@ def _measure(report: dict, models: dict[str, SentenceEncoderModule], inputs: dic
     teacher_en = report["rows"][0].get("spearman_en")
     for row in report["rows"]:
         model = models[row["name"]]
-        row["params"] = parameter_counts(model.bert)["total"]
+        counts = parameter_counts(model.bert)
+        row["params"], row["params_non_embedding"] = counts["total"], counts["non_embedding"]
         row["flops"] = flops_per_token(model, flops_batch)
         row["latency_ms"] = {str(b): ms for b, ms in latency[row["name"]].items()}
         base = latency["teacher"]
