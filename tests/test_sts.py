@@ -138,6 +138,27 @@ def test_parallel_loss_adds_the_target_term(tokenizer_file: Path) -> None:
     torch.testing.assert_close(with_target, alone + extra)
 
 
+def test_layer_dropped_student_aligns_hidden_states_and_reloads(tokenizer_file: Path, tmp_path: Path) -> None:
+    teacher = tiny_module(tokenizer_file, seed=1)
+    student = tiny_module(tokenizer_file, seed=1, keep_layers=[1], hidden_weight=1.0)
+    assert len(student.bert.layers) == 1 and student.hparams.bert_config["num_hidden_layers"] == 1
+    torch.testing.assert_close(student.bert.layers[0].ffn.fc1.weight, teacher.bert.layers[1].ffn.fc1.weight)
+    attach_teacher(student, teacher)
+    student.log = lambda *a, **k: None  # outside a Trainer
+    batch = {**tokenize(student.tokenizer, ["EU rejects lamb", "German call to boycott"], 32), "index": torch.arange(2)}
+    target, states = student._teacher_targets(batch)  # hidden alignment needs the live teacher
+    assert states is not None and len(states) == 3
+    pooled, own = student.embed(batch["input_ids"], batch["attention_mask"], hidden=True)
+    real = batch["attention_mask"].bool()
+    expected = student.distill_loss(pooled, target) + torch.nn.functional.mse_loss(own[1][real], states[2][real])
+    torch.testing.assert_close(student.training_step(batch, 0), expected)
+    path = tmp_path / "dropped.ckpt"
+    save_like_lightning(student, path)
+    reloaded = SentenceEncoderModule.load_from_checkpoint(path, weights_only=False).eval()
+    assert len(reloaded.bert.layers) == 1
+    torch.testing.assert_close(reloaded.encode(["EU rejects lamb"]), student.encode(["EU rejects lamb"]))
+
+
 def test_bad_inputs_give_one_clear_error(tokenizer_file: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("a b,c d,3.5\nonly,two\n")
