@@ -147,3 +147,31 @@ def parameter_line(model: nn.Module) -> str:
     """"N parameters (E embedding, rest non-embedding)", tied / shared weights counted once."""
     c = parameter_counts(model)
     return f"{c['total']:,} parameters ({c['embedding']:,} embedding, {c['non_embedding']:,} non-embedding)"
+
+
+def init_from_teacher_layers(student: nn.Module, teacher: nn.Module, layers: Mapping[str, Sequence[int]]) -> None:
+    """Copy a same-width teacher's weights into a shallower student, in place.
+
+    `layers` maps a layer stack's name to the teacher layers its student layers start from, e.g.
+    {"encoder": [0, 2], "decoder": [2]} for a Seq2SeqTransformer: student `encoder.1.*` gets
+    teacher `encoder.2.*`. Every other tensor (embeddings, final norms) is copied by name. A
+    missing teacher layer or a shape mismatch is one ValueError naming the key.
+    """
+    source = teacher.state_dict()
+    state = {}
+    for key, value in student.state_dict().items():
+        stack, _, rest = key.partition(".")
+        src = key
+        if stack in layers:
+            index, _, tail = rest.partition(".")
+            picks = list(layers[stack])
+            if int(index) >= len(picks):
+                raise ValueError(f"{stack!r} has more layers than the {len(picks)} teacher layers given ({picks})")
+            src = f"{stack}.{picks[int(index)]}.{tail}"
+        if src not in source:
+            raise ValueError(f"teacher has no {src!r} for student {key!r} (teacher layers {dict(layers)})")
+        if source[src].shape != value.shape:
+            raise ValueError(f"teacher {src!r} {tuple(source[src].shape)} does not fit student {key!r} "
+                             f"{tuple(value.shape)}: student and teacher must have the same width")
+        state[key] = source[src]
+    student.load_state_dict(state)

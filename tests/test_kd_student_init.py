@@ -8,12 +8,14 @@ import lightning as L
 import pytest
 import torch
 from conftest import save_like_lightning
-from test_kd_modules import BERT, FIT, STUDENT_BERT, ner_batch, tagger
+from test_kd_modules import ARCH, BERT, DATA_SPEC, FIT, STUDENT_BERT, ner_batch, tagger
 from torch.utils.data import DataLoader
 
-from compression.factorize import FactorizedEmbedding
+from compression.factorize import FactorizedEmbedding, FactorizedLinear, factorize_embedding, factorize_linears
 from compression.logit_cache import TeacherLogitCache, row_keys
+from compression.student import init_from_teacher_layers
 from ner.module import TaggerModule
+from nmt.module import TranslationModule
 
 
 @pytest.fixture
@@ -103,3 +105,38 @@ def test_student_from_teacher_layers_reloads_from_its_checkpoint_alone(
 def test_bad_keep_layers_is_a_clear_error(tokenizer_file: Path, keep: list[int]) -> None:
     with pytest.raises(ValueError, match=r"keep_layers must list distinct layer indices in \[0, 1\]"):
         tagger(tokenizer_file, keep_layers=keep)
+
+
+def test_factorised_tagger_like_the_benchmark_row_reloads_alone(tokenizer_file: Path, tmp_path: Path) -> None:
+    model = tagger(tokenizer_file, casing=True)
+    factorize_embedding(model.bert, 4)
+    report = factorize_linears(model.bert, r"^layers\.", 3)
+    assert report["params_after"] < report["params_before"] and report["layers"]
+    save_like_lightning(model, tmp_path / "svd.ckpt")
+    loaded = TaggerModule.load_from_checkpoint(tmp_path / "svd.ckpt", weights_only=False)
+    assert sum(isinstance(m, FactorizedLinear) for m in loaded.bert.modules()) == len(report["layers"])
+    sentences = [["EU", "rejects", "German", "call"], ["British", "lamb", "."]]
+    model.eval()
+    b = ner_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(b["input_ids"], b["attention_mask"], b["casing"]),
+                                   model(b["input_ids"], b["attention_mask"], b["casing"]))
+    assert loaded.tag(sentences) == model.tag(sentences)
+
+
+def test_half_depth_nmt_student_from_teacher_layers() -> None:
+    torch.manual_seed(0)
+    teacher = TranslationModule(arch=ARCH, data_spec=DATA_SPEC)
+    student = TranslationModule(arch={**ARCH, "encoder_layers": 1, "decoder_layers": 1}, data_spec=DATA_SPEC)
+    init_from_teacher_layers(student.model, teacher.model, {"encoder": [1], "decoder": [0]})
+    for mine, theirs in ((student.model.encoder[0], teacher.model.encoder[1]),
+                         (student.model.decoder[0], teacher.model.decoder[0]),
+                         (student.model.embed, teacher.model.embed),
+                         (student.model.decoder_norm, teacher.model.decoder_norm)):
+        for p, q in zip(mine.parameters(), theirs.parameters(), strict=True):
+            torch.testing.assert_close(p, q)
+    with pytest.raises(ValueError, match="teacher has no 'encoder.5"):
+        init_from_teacher_layers(student.model, teacher.model, {"encoder": [5], "decoder": [0]})
+    narrow = TranslationModule(arch={**ARCH, "d_model": 8, "num_heads": 2}, data_spec=DATA_SPEC)
+    with pytest.raises(ValueError, match="must have the same width"):
+        init_from_teacher_layers(narrow.model, teacher.model, {"encoder": [0, 1], "decoder": [0, 1]})
