@@ -14,7 +14,8 @@ the lowest teacher-forced KD loss on a few validation batches before training. T
           ~13 GB for Multi30k, unlike NER's 9 labels);
   no_kd   the same student, label-smoothed CE only.
 Same epochs, schedule (warm-up + linear decay, `--peak-lr`) and batches for both. Each row: parameters,
-test2016 BLEU / chrF with beam 5 (sacreBLEU signature), decoding sentences/s, epochs, minutes.
+test2016 BLEU / chrF with beam 5 (sacreBLEU signature), beam-5 decoding speed vs the teacher (same
+sentences, timed alternately, medians), epochs, minutes.
 Writes `benchmarks/results/nmt_kd.json` after every row; rows already there are skipped on a re-run.
 """
 
@@ -90,6 +91,19 @@ def test_scores(module: TranslationModule, src: list[str], refs: list[str]) -> d
     return {**corpus_scores(hyps, refs), "beam_size": 5, "sents_per_s": len(src) / seconds, "samples": hyps[:3]}
 
 
+def decode_speedup(module: TranslationModule, teacher: TranslationModule, src: list[str], repeats: int) -> dict:
+    """Beam-5 decoding of the same sentences by the row and the teacher, timed alternately (medians)."""
+    mine, theirs = [], []
+    for _ in range(repeats):
+        for model, times in ((module, mine), (teacher, theirs)):
+            start = time.perf_counter()
+            translate_lines(model.eval(), src, beam_size=5)
+            times.append(time.perf_counter() - start)
+    return {"sents_per_s": len(src) / statistics.median(mine),
+            "teacher_sents_per_s": len(src) / statistics.median(theirs),
+            "speedup": statistics.median(theirs) / statistics.median(mine), "sentences": len(src)}
+
+
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", type=Path, default=DEFAULT_TEACHER)
@@ -106,6 +120,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--limit-train-batches", type=int, default=None,
                    help="training batches per epoch (the vocabulary is always built from all pairs, as the teacher's)")
     p.add_argument("--test-sentences", type=int, default=None, help="first N test2016 sentences")
+    p.add_argument("--speed-sentences", type=int, default=200, help="test sentences for the side-by-side speed")
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--smoke", action="store_true", help="10 batches, 1 epoch, 2 layer choices, 50 test sentences")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/nmt_kd.json")
     p.add_argument("--progress", action="store_true")
@@ -113,7 +129,7 @@ def parse_args() -> argparse.Namespace:
     args.max_candidates = None
     if args.smoke:
         args.limit_train_batches, args.test_sentences, args.epochs, args.pick_batches = 10, 50, 1, 1
-        args.max_candidates = 2
+        args.max_candidates, args.speed_sentences, args.repeats = 2, 16, 1
     if (args.encoder_layers is None) != (args.decoder_layers is None):
         p.error("give both --encoder-layers and --decoder-layers, or neither (auto)")
     return args
@@ -172,6 +188,8 @@ def main() -> None:
                "train_minutes": (time.perf_counter() - start) / 60, "kd": name == "kd",
                "test2016": test_scores(module, src, refs)}
         row["test_bleu"] = row["test2016"]["bleu"]
+        if name != "teacher":
+            row["decode_vs_teacher"] = decode_speedup(module, teacher, src[: args.speed_sentences], args.repeats)
         results["rows"] = sorted([r for r in results["rows"] if r["name"] != name] + [row],
                                  key=lambda r: ROWS.index(r["name"]))
         save()
