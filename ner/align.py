@@ -103,13 +103,20 @@ def special_tokens(tokenizer: Tokenizer) -> tuple[list[int], list[int]]:
 
 
 class SentenceEncoder:
-    """Turns a sentence (words, optional IOB2 tags) into windows of at most `max_length` sub-tokens."""
+    """Turns a sentence (words, optional IOB2 tags) into windows of at most `max_length` sub-tokens.
+
+    With `context_tokens` > 0 each window is flanked by up to that many sub-tokens of the
+    words around it (`left` / `right`: neighbouring sentences of the same document, then the
+    sentence's own words outside the window), as far as `max_length` allows. Context
+    sub-tokens have word id None and no label, so they inform the tags but are never scored.
+    """
 
     def __init__(
-        self, tokenizer: Tokenizer, labels: list[str], max_length: int, label_all_subtokens: bool = True
+        self, tokenizer: Tokenizer, labels: list[str], max_length: int, label_all_subtokens: bool = True,
+        context_tokens: int = 0,
     ) -> None:
         self.tokenizer, self.labels, self.max_length = tokenizer, labels, max_length
-        self.label_all_subtokens = label_all_subtokens
+        self.label_all_subtokens, self.context_tokens = label_all_subtokens, context_tokens
         self.label_ids = {label: i for i, label in enumerate(labels)}
         self.continuation = continuation_labels(labels)
         self.prefix, self.suffix = special_tokens(tokenizer)
@@ -123,29 +130,78 @@ class SentenceEncoder:
             raise ValueError(f"{source}: tags {unknown} are not among the model's labels {self.labels}")
         return [self.label_ids[t] for t in tags]
 
-    def __call__(
-        self, words: list[str], sentence: int = 0, tags: list[str] | None = None, source: str = ""
-    ) -> list[Example]:
-        """The windows of one sentence; labels are all IGNORE when `tags` is None."""
-        word_labels = self.tag_ids(tags, source) if tags is not None else None
+    def pieces(self, words: list[str]) -> list[list[int]]:
+        """Sub-token ids of every word (at most the window budget; a word mapped to nothing becomes [UNK])."""
+        if not words:
+            return []
         enc = self.tokenizer.encode(words, is_pretokenized=True, add_special_tokens=False)
         pieces: list[list[int]] = [[] for _ in words]
         for token_id, w in zip(enc.ids, enc.word_ids, strict=True):
             pieces[w].append(token_id)
         # A word the tokenizer maps to nothing (e.g. a lone control character) must not vanish.
-        pieces = [p[: self.budget] or [self.unk] for p in pieces]
+        return [p[: self.budget] or [self.unk] for p in pieces]
+
+    def _context(self, words: list[str], pieces: list[list[int]], room: int, before: bool) -> tuple[list, list]:
+        """(ids, casing) of the `room` sub-tokens of `words` nearest the window."""
+        ids = [t for p in pieces for t in p]
+        casing = [casing_id(w) for w, p in zip(words, pieces, strict=True) for _ in p]
+        if room <= 0:
+            return [], []
+        return (ids[-room:], casing[-room:]) if before else (ids[:room], casing[:room])
+
+    def __call__(
+        self, words: list[str], sentence: int = 0, tags: list[str] | None = None, source: str = "",
+        left: list[str] | None = None, right: list[str] | None = None,
+    ) -> list[Example]:
+        """The windows of one sentence; labels are all IGNORE when `tags` is None."""
+        word_labels = self.tag_ids(tags, source) if tags is not None else None
+        pieces = self.pieces(words)
+        use_context = self.context_tokens > 0
+        left = list(left or []) if use_context else []
+        right = list(right or []) if use_context else []
+        left_pieces, right_pieces = self.pieces(left), self.pieces(right)
         examples = []
         for start, end in windows([len(p) for p in pieces], self.budget):
             ids, wids = list(self.prefix), [None] * len(self.prefix)
+            casing = [OTHER] * len(self.prefix)
+            inside = sum(len(pieces[w]) for w in range(start, end))
+            room = min(self.context_tokens, (self.budget - inside) // 2)
+            before_ids, before_casing = self._context(left + words[:start], left_pieces + pieces[:start], room, True)
+            after_room = min(self.context_tokens, self.budget - inside - len(before_ids))
+            after_ids, after_casing = self._context(words[end:] + right, pieces[end:] + right_pieces, after_room,
+                                                    False)
+            ids += before_ids
+            wids += [None] * len(before_ids)
+            casing += before_casing
             for w in range(start, end):
                 ids += pieces[w]
                 wids += [w] * len(pieces[w])
-            ids += self.suffix
-            wids += [None] * len(self.suffix)
+                casing += [casing_id(words[w])] * len(pieces[w])
+            ids += after_ids + self.suffix
+            wids += [None] * (len(after_ids) + len(self.suffix))
+            casing += after_casing + [OTHER] * len(self.suffix)
             if word_labels is None:
                 labels = [IGNORE] * len(ids)
             else:
                 labels = align_labels(wids, word_labels, self.continuation, self.label_all_subtokens)
-            casing = [OTHER if w is None else casing_id(words[w]) for w in wids]
             examples.append(Example(sentence, ids, wids, labels, casing))
         return examples
+
+
+def document_context(
+    sentences: list[list[str]], documents: list[int], i: int, max_words: int
+) -> tuple[list[str], list[str]]:
+    """Up to `max_words` words before and after sentence `i`, from sentences of its document."""
+    if max_words <= 0:
+        return [], []
+    left: list[str] = []
+    j = i - 1
+    while j >= 0 and documents[j] == documents[i] and len(left) < max_words:
+        left = sentences[j] + left
+        j -= 1
+    right: list[str] = []
+    j = i + 1
+    while j < len(sentences) and documents[j] == documents[i] and len(right) < max_words:
+        right += sentences[j]
+        j += 1
+    return left[-max_words:], right[:max_words]

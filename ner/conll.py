@@ -19,11 +19,16 @@ TAG_RE = re.compile(r"^(O|[BI]-\S+)$")
 
 @dataclass
 class Sentence:
-    """Words with their tags; `source` ('file:line' of its first word) is for error messages."""
+    """Words with their tags; `source` ('file:line' of its first word) is for error messages.
+
+    `document` numbers the -DOCSTART- documents of a file (0 when it has none): neighbouring
+    sentences of the same document are the tagger's optional context.
+    """
 
     tokens: list[str]
     tags: list[str]
     source: str = ""
+    document: int = 0
 
 
 def read_conll(path: str | Path) -> list[Sentence]:
@@ -37,11 +42,11 @@ def read_conll(path: str | Path) -> list[Sentence]:
     sentences: list[Sentence] = []
     tokens: list[str] = []
     tags: list[str] = []
-    start, columns = 0, None
+    start, columns, document = 0, None, 0
 
     def flush() -> None:
         if tokens:
-            sentences.append(Sentence(tokens.copy(), tags.copy(), f"{path}:{start}"))
+            sentences.append(Sentence(tokens.copy(), tags.copy(), f"{path}:{start}", document))
             tokens.clear()
             tags.clear()
 
@@ -50,6 +55,8 @@ def read_conll(path: str | Path) -> list[Sentence]:
             fields = line.split()
             if not fields or fields[0] == DOCSTART:
                 flush()
+                if fields and sentences:
+                    document += 1
                 continue
             if columns is None:
                 columns = len(fields)
@@ -118,7 +125,7 @@ def iob1_to_iob2(tags: list[str]) -> list[str]:
 def to_iob2(sentences: list[Sentence]) -> tuple[list[Sentence], str]:
     """The sentences in IOB2 and the scheme detected in the input."""
     scheme = detect_scheme(sentences)
-    return [Sentence(s.tokens, iob1_to_iob2(s.tags), s.source) for s in sentences], scheme
+    return [Sentence(s.tokens, iob1_to_iob2(s.tags), s.source, s.document) for s in sentences], scheme
 
 
 def entity_types(sentences: list[Sentence]) -> list[str]:

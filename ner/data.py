@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from core.batching import LengthBatchSampler, ResumableDataModule
 from core.data_dir import resolve_data_dir
 from core.hf_import import default_checkpoint_dir, load_tokenizer
-from ner.align import IGNORE, OTHER, Example, SentenceEncoder
+from ner.align import IGNORE, OTHER, Example, SentenceEncoder, document_context
 from ner.conll import Sentence, label_list, read_conll, to_iob2
 
 
@@ -40,7 +40,9 @@ class CoNLLDataModule(ResumableDataModule):
     The label list is derived from the whole training file; dev and test tags outside it
     are an error. `max_sentences` / `max_eval_sentences` keep the first N sentences (smoke
     runs). `tokenizer` is a checkpoint folder or a tokenizer.json (None: the default
-    checkpoint) and must match the model's vocabulary.
+    checkpoint) and must match the model's vocabulary. `context_tokens` > 0 flanks every
+    window with up to that many sub-tokens of the neighbouring sentences of its -DOCSTART-
+    document on each side (document context, as in BERT's CoNLL setup); they are not scored.
     """
 
     def __init__(
@@ -48,7 +50,7 @@ class CoNLLDataModule(ResumableDataModule):
         test_file: str = "eng.testb", tokenizer: str | None = None, max_length: int = 128,
         batch_size: int | None = 32, batch_tokens: int | None = None, label_all_subtokens: bool = True,
         max_sentences: int | None = None, max_eval_sentences: int | None = None, num_workers: int = 0,
-        seed: int = 0,
+        seed: int = 0, context_tokens: int = 0,
     ) -> None:
         super().__init__()
         self.data_dir = resolve_data_dir(dir, "conll2003")
@@ -56,6 +58,9 @@ class CoNLLDataModule(ResumableDataModule):
                                                          ("test", test_file))}
         self.tokenizer_source = str(Path(tokenizer).resolve()) if tokenizer else str(default_checkpoint_dir())
         self.max_length, self.label_all_subtokens = max_length, label_all_subtokens
+        if context_tokens < 0:
+            raise ValueError(f"context_tokens must be >= 0, got {context_tokens}")
+        self.context_tokens = context_tokens
         self.batch_size, self.batch_tokens = (None if batch_tokens else batch_size), batch_tokens
         self.limits = {"train": max_sentences, "dev": max_eval_sentences, "test": max_eval_sentences}
         self.num_workers, self.seed = num_workers, seed
@@ -86,7 +91,7 @@ class CoNLLDataModule(ResumableDataModule):
         """What the tagger must agree with: labels, tokenizer, window length, source schemes."""
         self._read()
         return {"labels": self.labels, "tokenizer": self.tokenizer_source, "max_length": self.max_length,
-                "schemes": self.schemes}
+                "context_tokens": self.context_tokens, "schemes": self.schemes}
 
     def data_files(self) -> list[Path]:
         """The CoNLL files this run reads (fingerprinted into the run record)."""
@@ -98,10 +103,14 @@ class CoNLLDataModule(ResumableDataModule):
         if self.examples:
             return
         self.tokenizer = load_tokenizer(self.tokenizer_source)
-        encoder = SentenceEncoder(self.tokenizer, self.labels, self.max_length, self.label_all_subtokens)
+        encoder = SentenceEncoder(self.tokenizer, self.labels, self.max_length, self.label_all_subtokens,
+                                  self.context_tokens)
         for split, sentences in self.sentences.items():
-            self.examples[split] = [e for i, s in enumerate(sentences)
-                                    for e in encoder(s.tokens, i, s.tags, s.source)]
+            words, documents = [s.tokens for s in sentences], [s.document for s in sentences]
+            self.examples[split] = [
+                e for i, s in enumerate(sentences)
+                for e in encoder(s.tokens, i, s.tags, s.source, *document_context(words, documents, i,
+                                                                                  self.context_tokens))]
 
     def _loader(self, split: str) -> DataLoader:
         examples = self.examples[split]

@@ -31,7 +31,7 @@ from compression.student import (
 from core.batching import LengthBatchSampler
 from core.bert import BertConfig, BertModel
 from core.hf_import import check_vocab_size, default_checkpoint_dir, load_bert, load_tokenizer
-from ner.align import CASING, IGNORE, SentenceEncoder
+from ner.align import CASING, IGNORE, SentenceEncoder, document_context
 from ner.data import collate
 
 
@@ -252,10 +252,19 @@ class TaggerModule(CompressionHooks, LightningModule):
         return {k: float(v) for k, v in scores.items()}
 
     @torch.no_grad()
-    def tag(self, sentences: list[list[str]], batch_size: int = 32) -> list[list[str]]:
-        """Predicted IOB2 tags for whitespace-tokenized sentences (windows for long ones)."""
-        encoder = SentenceEncoder(self.tokenizer, self.labels, self.max_length)
-        examples = [e for i, words in enumerate(sentences) for e in encoder(words, i)]
+    def tag(
+        self, sentences: list[list[str]], batch_size: int = 32, documents: list[int] | None = None
+    ) -> list[list[str]]:
+        """Predicted IOB2 tags for whitespace-tokenized sentences (windows for long ones).
+
+        `documents` (a document number per sentence; None: all one document) gives a model
+        trained with document context the neighbouring sentences of the same document.
+        """
+        context = int(self.hparams.data_spec.get("context_tokens", 0))
+        encoder = SentenceEncoder(self.tokenizer, self.labels, self.max_length, context_tokens=context)
+        documents = documents if documents is not None else [0] * len(sentences)
+        examples = [e for i, words in enumerate(sentences)
+                    for e in encoder(words, i, None, "", *document_context(sentences, documents, i, context))]
         pad_id = self.tokenizer.token_to_id("[PAD]") or 0
         predicted: list[list[str]] = [["O"] * len(words) for words in sentences]
         was_training = self.training

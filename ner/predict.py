@@ -2,7 +2,8 @@
 
     python -m ner.predict run/checkpoints/last.ckpt input.txt output.conll
 
-Raw text: one sentence a line, tokens separated by whitespace -> `token pred` lines.
+Raw text: one sentence a line, tokens separated by whitespace, blank lines between documents
+-> `token pred` lines.
 CoNLL input (any column count, tag last, IOB1 or IOB2) -> `token gold pred` lines (gold in
 IOB2). Sentences are separated by blank lines. The checkpoint alone is enough.
 """
@@ -34,8 +35,13 @@ def read_input(path: Path, fmt: str) -> tuple[list[Sentence], bool]:
     if fmt == "conll":
         sentences, _ = to_iob2(read_conll(path))
         return sentences, True
-    lines = enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
-    return [Sentence(line.split(), [], f"{path}:{i}") for i, line in lines if line.strip()], False
+    sentences, document = [], 0
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            sentences.append(Sentence(line.split(), [], f"{path}:{i}", document))
+        elif sentences:  # a blank line ends a document (context for models trained with it)
+            document += 1
+    return sentences, False
 
 
 def predict_file(
@@ -53,7 +59,8 @@ def predict_file(
             if unknown:
                 raise ValueError(f"{s.source}: tags {unknown} are not among the model's labels "
                                  f"{model.labels}")
-    predicted = model.tag([s.tokens for s in sentences], batch_size=batch_size)
+    predicted = model.tag([s.tokens for s in sentences], batch_size=batch_size,
+                          documents=[s.document for s in sentences])
     with open(output_path, "w", encoding="utf-8") as out:
         for s, tags in zip(sentences, predicted, strict=True):
             for i, token in enumerate(s.tokens):

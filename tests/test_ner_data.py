@@ -9,7 +9,15 @@ import pytest
 
 from core.data_dir import REPO_ROOT
 from core.hf_import import default_checkpoint_dir, load_tokenizer
-from ner.align import IGNORE, SentenceEncoder, align_labels, casing_id, continuation_labels, windows
+from ner.align import (
+    IGNORE,
+    SentenceEncoder,
+    align_labels,
+    casing_id,
+    continuation_labels,
+    document_context,
+    windows,
+)
 from ner.conll import (
     Sentence,
     detect_scheme,
@@ -218,3 +226,65 @@ def test_data_module_batches(tmp_path: Path) -> None:
 
 def test_label_list_is_o_then_b_i_per_type() -> None:
     assert label_list([Sentence(["a", "b"], ["B-PER", "I-LOC"])]) == ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
+
+
+# --- document context ---------------------------------------------------------------------
+
+def test_reader_numbers_documents(tmp_path: Path) -> None:
+    text = ("-DOCSTART- O\n\nEU B-ORG\n\nrejects O\n\n-DOCSTART- O\n\nPeter B-PER\n\n"
+            "-DOCSTART- O\n\nBonn B-LOC\n")
+    sentences, _ = to_iob2(read_conll(write(tmp_path / "docs", text)))
+    assert [s.document for s in sentences] == [0, 0, 1, 2]
+
+
+def test_document_context_stays_inside_the_document() -> None:
+    sentences = [["a", "b"], ["c"], ["d", "e", "f"], ["g"]]
+    documents = [0, 0, 0, 1]
+    assert document_context(sentences, documents, 1, 10) == (["a", "b"], ["d", "e", "f"])
+    assert document_context(sentences, documents, 2, 2) == (["b", "c"], [])
+    assert document_context(sentences, documents, 3, 10) == ([], [])
+    assert document_context(sentences, documents, 1, 0) == ([], [])
+
+
+def test_context_tokens_are_unscored_and_leave_the_sentence_unchanged(tokenizer) -> None:
+    words, tags = ["Peter", "Blackburn", "visited", "Brussels"], ["B-PER", "I-PER", "O", "B-LOC"]
+    left, right = "The EU said on Monday .".split(), "JAPAN BEAT SYRIA 2-1 .".split()
+    [plain] = SentenceEncoder(tokenizer, LABELS, 32)(words, 0, tags)
+    [ctx] = SentenceEncoder(tokenizer, LABELS, 32, context_tokens=4)(words, 0, tags, "", left, right)
+    scored = [i for i, w in enumerate(ctx.word_ids) if w is not None]
+    # the sentence's sub-tokens, labels and casing are exactly those without context ...
+    assert [ctx.input_ids[i] for i in scored] == plain.input_ids[1:-1]
+    assert [ctx.labels[i] for i in scored] == plain.labels[1:-1]
+    assert [ctx.casing[i] for i in scored] == plain.casing[1:-1]
+    # ... flanked by the 4 nearest context sub-tokens per side, unlabelled, inside [CLS] ... [SEP]
+    context = [i for i, w in enumerate(ctx.word_ids[1:-1], 1) if w is None]
+    assert context == [1, 2, 3, 4] + list(range(scored[-1] + 1, scored[-1] + 5))
+    assert all(ctx.labels[i] == IGNORE for i in context)
+    assert [tokenizer.id_to_token(ctx.input_ids[i]) for i in context] == [
+        "said", "on", "monday", ".", "japan", "beat", "syria", "2"]
+    assert [ctx.casing[i] for i in context] == [casing_id(w) for w in ("said", "on", "Monday", ".", "JAPAN",
+                                                                       "BEAT", "SYRIA", "2-1")]
+    assert len(ctx.input_ids) == len(plain.input_ids) + 8
+
+
+def test_context_never_exceeds_max_length(tokenizer) -> None:
+    words = ("Peter Blackburn visited Brussels-Capital and Johansonville on 1996-08-22 " * 6).split()
+    tags = ["B-PER", "I-PER", "O", "B-LOC", "O", "B-LOC", "O", "O"] * 6
+    left = right = "Some more words around here .".split() * 10
+    examples = SentenceEncoder(tokenizer, LABELS, 24, context_tokens=8)(words, 0, tags, "", left, right)
+    assert all(len(e.input_ids) <= 24 for e in examples)
+    firsts = [w for e in examples for w, prev in zip(e.word_ids, [None] + e.word_ids[:-1], strict=True)
+              if w is not None and w != prev]
+    assert firsts == list(range(len(words)))  # every word scored exactly once
+
+
+def test_data_module_context_uses_neighbouring_sentences(tmp_path: Path) -> None:
+    dm = CoNLLDataModule(dir=str(small_corpus(tmp_path)), batch_size=1, context_tokens=8)
+    assert dm.spec()["context_tokens"] == 8
+    dm.setup("fit")
+    first, second = dm.examples["train"]
+    assert [w for w in first.word_ids if w is not None] == [0, 1, 2]
+    assert len(first.input_ids) == 2 + 3 + 3  # [CLS] EU rejects German + Peter in Bonn [SEP]
+    assert len(second.input_ids) == 2 + 3 + 3
+    with pytest.raises(ValueError, match="context_tokens must be >= 0"):
+        CoNLLDataModule(dir=str(small_corpus(tmp_path)), context_tokens=-1)
