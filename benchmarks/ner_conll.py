@@ -1,17 +1,21 @@
 """CoNLL-2003 NER benchmark: fine-tune the default BERT (all-MiniLM-L6-v2) with and without casing.
 
-    python benchmarks/ner_conll.py                    # full: both configs, 3 epochs each
+    python benchmarks/ner_conll.py                    # full: every config (minutes: see the configs)
     python benchmarks/ner_conll.py --max-sentences 200 --max-eval-sentences 200 --epochs 1 \\
         --speed-sentences 64 --repeats 3 --out /tmp/ner_smoke.json   # smoke test
 
 1. Encoder inference speed: our `core.bert.BertModel` vs `transformers.BertModel` with the same
    weights on the same real test batches (batch 1 and 32), timed alternately, median of
    repeats; reported as transformers time / our time (> 1: ours is faster).
-2. For `configs/ner/minilm.yaml` (no casing) and `configs/ner/minilm_casing.yaml`: fine-tune
+2. For `configs/ner/minilm.yaml` (no casing), `configs/ner/minilm_casing.yaml` and
+   `configs/ner/minilm_context.yaml` (casing + document context, higher peak lr): fine-tune
    with the config's hyperparameters, score dev (eng.testa) and test (eng.testb) with
    word-level seqeval F1 overall and per type, training throughput (sentences/s in training
    steps) and tagging throughput (sentences/s through `TaggerModule.tag`, batch 1 and 32).
-Writes `benchmarks/results/ner_conll.json` after every stage, so partial results survive.
+Writes `benchmarks/results/ner_conll.json` after every stage, so partial results survive; the
+trained taggers are saved as `benchmarks/work/ner_conll/<config>.ckpt` (the compression
+benchmarks' teacher). `--variants with_casing_and_context --keep` adds one variant to an existing
+JSON, keeping the others with the commit they were measured at.
 """
 
 from __future__ import annotations
@@ -38,7 +42,10 @@ from ner.module import TaggerModule  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = {"without_casing": ROOT / "configs/ner/minilm.yaml",
-            "with_casing": ROOT / "configs/ner/minilm_casing.yaml"}
+            "with_casing": ROOT / "configs/ner/minilm_casing.yaml",
+            "with_casing_and_context": ROOT / "configs/ner/minilm_context.yaml"}
+# The headline numbers (top-level test/dev/...) come from the best recipe measured.
+HEADLINE_ORDER = ("with_casing_and_context", "with_casing", "without_casing")
 
 
 class StepTimer(Callback):
@@ -122,13 +129,16 @@ def run_variant(config_path: Path, args: argparse.Namespace) -> dict:
         enable_progress_bar=args.progress, num_sanity_val_steps=0,
     )
     trainer.fit(model, dm)
+    checkpoint = args.work_dir / f"{config_path.stem}.ckpt"  # e.g. the teacher of the compression benchmarks
+    trainer.save_checkpoint(checkpoint)
     [dev] = trainer.validate(model, dm, verbose=False)
     [test] = trainer.test(model, dm, verbose=False)
     sentences = [s.tokens for s in dm.sentences["test"][: args.speed_sentences]]
     infer = {f"batch_{b}": len(sentences) / median_seconds(lambda b=b: model.tag(sentences, batch_size=b), 1)
              for b in (1, 32)}
     return {
-        "config": str(config_path.relative_to(ROOT)),
+        "config": str(config_path.relative_to(ROOT)), "git_commit": git_commit(),
+        "checkpoint": str(checkpoint.relative_to(ROOT) if checkpoint.is_relative_to(ROOT) else checkpoint),
         "dev": split_scores(dev, "val"), "test": split_scores(test, "test"),
         "params": sum(p.numel() for p in model.parameters()),
         "epochs": epochs, "train_sentences": len(dm.sentences["train"]),
@@ -165,6 +175,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7, help="timed repeats for the encoder comparison")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/ner_conll.json")
+    parser.add_argument("--work-dir", type=Path, default=ROOT / "benchmarks/work/ner_conll",
+                        help="where the trained taggers are saved (<config name>.ckpt)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the variants already in --out that this run does not re-measure")
     parser.add_argument("--progress", action="store_true", help="show progress bars")
     args = parser.parse_args()
 
@@ -175,22 +189,31 @@ def main() -> None:
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "complete": False, "variants": {},
     }
+    if args.keep and args.out.is_file():
+        previous = json.loads(args.out.read_text())
+        results["variants"] = previous.get("variants", {})
+        for block in results["variants"].values():  # measured by an earlier run: keep its commit
+            block.setdefault("git_commit", previous.get("git_commit"))
+        results["encoder_speed_vs_transformers"] = previous.get("encoder_speed_vs_transformers")
+    args.work_dir.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2) + "\n")
         print(f"wrote {args.out}", flush=True)
 
-    dm = CoNLLDataModule(max_eval_sentences=args.speed_sentences)
-    dm.spec()
-    speed_sentences = [s.tokens for s in dm.sentences["test"]]
-    results["encoder_speed_vs_transformers"] = encoder_speed(speed_sentences, args.repeats)
-    save()
+    if not results.get("encoder_speed_vs_transformers"):
+        dm = CoNLLDataModule(max_eval_sentences=args.speed_sentences)
+        dm.spec()
+        speed_sentences = [s.tokens for s in dm.sentences["test"]]
+        results["encoder_speed_vs_transformers"] = encoder_speed(speed_sentences, args.repeats)
+        save()
     for name in args.variants:
         results["variants"][name] = run_variant(VARIANTS[name], args)
-        if name == "without_casing":  # the default config's numbers also at top level
-            results.update({k: results["variants"][name][k]
-                            for k in ("test", "dev", "params", "train_sents_per_s", "infer_sents_per_s")})
+        headline = next(n for n in HEADLINE_ORDER if n in results["variants"])
+        results["headline_variant"] = headline
+        results.update({k: results["variants"][headline][k]
+                        for k in ("test", "dev", "params", "train_sents_per_s", "infer_sents_per_s")})
         save()
     results["complete"] = True
     save()
