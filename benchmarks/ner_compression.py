@@ -155,7 +155,7 @@ def make_row(name: str, args: argparse.Namespace, dm: CoNLLDataModule, teacher: 
             layer, notes["kd_loss_before_training"] = pick(args, dm, teacher, list(range(len(teacher.bert.layers))),
                                                            "share")
         model = build(args, dm, teacher, kd=True, share_layers={"k": 1, "n": 6, "init_from": layer})
-        return model, args.shared_epochs, args.finetune_lr, {"teacher_layer": layer, **notes}
+        return model, args.shared_epochs, args.shared_lr, {"teacher_layer": layer, **notes}
     raise ValueError(f"unknown row {name!r}; rows are {ROWS}")
 
 
@@ -230,8 +230,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--finetune-epochs", type=int, default=1, help="emb_h64 and svd_linear_emb_h64")
     p.add_argument("--student-epochs", type=int, default=5, help="kd_student_6m and student_6m_no_kd")
     p.add_argument("--shared-epochs", type=int, default=3, help="kd_shared_1x6")
-    p.add_argument("--finetune-lr", type=float, default=5e-5, help="peak rate of fine-tuning rows and the shared one")
-    p.add_argument("--student-lr", type=float, default=1e-4, help="peak rate of the 6M students")
+    p.add_argument("--finetune-lr", type=float, default=1e-4, help="peak rate of the fine-tuning rows")
+    p.add_argument("--shared-lr", type=float, default=3e-4,
+                   help="peak rate of the shared student (one layer reused 6 times moves far from the teacher)")
+    p.add_argument("--student-lr", type=float, default=3e-4, help="peak rate of the 6M students")
     p.add_argument("--linear-rank", type=int, default=None, help="default: largest rank with >= 2x fewer params")
     p.add_argument("--student-layers", type=int, nargs=2, default=None, help="teacher layers (default: auto)")
     p.add_argument("--shared-layer", type=int, default=None, help="teacher layer to share (default: auto)")
