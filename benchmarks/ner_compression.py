@@ -41,12 +41,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from teacher_results import open_results, write_results  # noqa: E402
+
 from compression.factorize import factorize_embedding, factorize_linears  # noqa: E402
-from compression.logit_cache import file_sha256  # noqa: E402
 from compression.report import flops_per_token, parameter_counts  # noqa: E402
 from compression.student import load_teacher  # noqa: E402
 from core.schedules import TriangleSchedule  # noqa: E402
-from core.training import git_commit  # noqa: E402
 from ner.data import CoNLLDataModule  # noqa: E402
 from ner.module import TaggerModule  # noqa: E402
 
@@ -265,20 +265,10 @@ def main() -> None:
     teacher = load_teacher(TaggerModule, args.teacher)
     dm = CoNLLDataModule(max_sentences=args.max_sentences, max_eval_sentences=args.max_eval_sentences)
     dm.setup()
-    sha = file_sha256(args.teacher)
-    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    if results.get("teacher_sha256") != sha:
-        results = {"rows": []}
-    results.update({"benchmark": "CoNLL-2003 compression of a fine-tuned tagger (issue 4)",
-                    "teacher": str(args.teacher), "teacher_sha256": sha, "git_commit": git_commit(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}})
+    results = open_results(args, "CoNLL-2003 compression of a fine-tuned tagger (issue 4)")
 
     def save() -> None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
-        args.out.with_suffix(".md").write_text(markdown(results))
-        print(f"wrote {args.out}", flush=True)
+        write_results(args.out, results, markdown(results))
 
     for name in args.rows:
         done = {r["name"]: r for r in results["rows"]}

@@ -36,12 +36,12 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from teacher_results import open_results, write_results  # noqa: E402
+
 from compression.distill import kd_loss  # noqa: E402
-from compression.logit_cache import file_sha256  # noqa: E402
 from compression.report import parameter_counts  # noqa: E402
 from compression.student import init_from_teacher_layers, load_teacher  # noqa: E402
 from core.schedules import TriangleSchedule  # noqa: E402
-from core.training import git_commit  # noqa: E402
 from nmt.data import TranslationDataModule  # noqa: E402
 from nmt.module import TranslationModule, corpus_scores  # noqa: E402
 from nmt.translate import translate_lines  # noqa: E402
@@ -148,19 +148,10 @@ def main() -> None:
                          f"({args.teacher}): use the teacher's data settings")
     src = (dm.root / "test_2016_flickr.en").read_text(encoding="utf-8").splitlines()[: args.test_sentences]
     refs = (dm.root / "test_2016_flickr.de").read_text(encoding="utf-8").splitlines()[: args.test_sentences]
-    sha = file_sha256(args.teacher)
-    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    if results.get("teacher_sha256") != sha or results.get("settings", {}).get("smoke") != args.smoke:
-        results = {"rows": []}
-    results.update({"benchmark": "Multi30k en-de word-level KD into a half-depth student (issue 4)",
-                    "teacher": str(args.teacher), "teacher_sha256": sha, "git_commit": git_commit(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}})
+    results = open_results(args, "Multi30k en-de word-level KD into a half-depth student (issue 4)", ("smoke",))
 
     def save() -> None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"wrote {args.out}", flush=True)
+        write_results(args.out, results)
 
     if args.encoder_layers is not None:
         layers = {"encoder": args.encoder_layers, "decoder": args.decoder_layers}

@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from lightning import LightningModule
 from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
-from tokenizers import Tokenizer
 from torch import Tensor, nn
 
 from compression.distill import kd_loss, teacher_logits
@@ -30,7 +29,8 @@ from compression.student import (
 )
 from core.batching import LengthBatchSampler
 from core.bert import BertConfig, BertModel
-from core.hf_import import check_vocab_size, default_checkpoint_dir, load_bert, load_tokenizer
+from core.bert_task import BertTask
+from core.hf_import import check_vocab_size, default_checkpoint_dir, load_bert
 from ner.align import CASING, IGNORE, SentenceEncoder, document_context
 from ner.data import collate
 
@@ -41,7 +41,7 @@ def first_subtoken_mask(word_ids: Tensor) -> Tensor:
     return (word_ids >= 0) & (word_ids != prev)
 
 
-class TaggerModule(CompressionHooks, LightningModule):
+class TaggerModule(BertTask, CompressionHooks, LightningModule):
     """BERT + (optional casing embedding) + dropout + linear head over IOB2 labels.
 
     `checkpoint_dir` is a HF BERT folder with weights (None: the default MiniLM); with
@@ -105,7 +105,6 @@ class TaggerModule(CompressionHooks, LightningModule):
             nn.init.zeros_(self.casing_embed.weight)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(hidden, len(self.labels))
-        self._tokenizer: Tokenizer | None = None
         self._outputs: list[Tensor] = []
         self.setup_compression(None, init_from, l0_lambda)  # weights first, then the student's shape
         shape_bert_student(self.bert, factorize_embedding_rank, share_layers, keep_layers)
@@ -125,16 +124,6 @@ class TaggerModule(CompressionHooks, LightningModule):
         """The frozen teacher (not a registered submodule), or None without KD."""
         return get_teacher(self)  # type: ignore[return-value]
 
-    def compressible_network(self) -> nn.Module:
-        return self.bert
-
-    @property
-    def tokenizer(self) -> Tokenizer:
-        """The tokenizer from the checkpoint, else from `data_spec['tokenizer']`."""
-        if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.hparams.data_spec["tokenizer"])
-        return self._tokenizer
-
     def setup(self, stage: str) -> None:
         """Check, before any step, that the tokenizer's ids index the embedding table."""
         check_vocab_size(self.tokenizer, self.bert)
@@ -150,7 +139,7 @@ class TaggerModule(CompressionHooks, LightningModule):
                        f"alpha {self.hparams.kd_alpha}, T {self.hparams.kd_temperature}")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["tokenizer_json"] = self.tokenizer.to_str()
+        self.save_tokenizer(checkpoint)
         self.save_compression(checkpoint)
         save_kd(checkpoint)
 
@@ -160,7 +149,7 @@ class TaggerModule(CompressionHooks, LightningModule):
             self.logit_cache.save()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self._tokenizer = Tokenizer.from_str(checkpoint["tokenizer_json"])
+        self.restore_tokenizer(checkpoint)
         self.load_compression(checkpoint)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, casing: Tensor | None = None) -> Tensor:

@@ -29,14 +29,14 @@ import torch
 import torch.nn.functional as F
 from lightning import LightningModule
 from scipy.stats import spearmanr
-from tokenizers import Tokenizer
 from torch import Tensor, nn
 
 from compression.distill import freeze_teacher
 from compression.spec import CompressionHooks
 from compression.student import attach_teacher, get_teacher, parameter_line, save_kd
 from core.bert import BertConfig, BertModel
-from core.hf_import import check_vocab_size, default_checkpoint_dir, load_bert, load_tokenizer
+from core.bert_task import BertTask
+from core.hf_import import check_vocab_size, default_checkpoint_dir, load_bert
 from sts.data import tokenize
 
 POOLINGS = ("mean", "cls")
@@ -66,7 +66,7 @@ def reinitialise(bert: BertModel) -> BertModel:
     return bert
 
 
-class SentenceEncoderModule(CompressionHooks, LightningModule):
+class SentenceEncoderModule(BertTask, CompressionHooks, LightningModule):
     """BERT sentence encoder trained by embedding distillation and scored on STS.
 
     `checkpoint_dir` is a HF BERT folder (None: the packaged all-MiniLM-L6-v2); `bert_config`
@@ -101,7 +101,6 @@ class SentenceEncoderModule(CompressionHooks, LightningModule):
         self.hparams["bert_config"] = self.bert.cfg.to_dict()
         self.hparams["data_spec"] = spec
         self.max_length = int(spec.get("max_length", 128))
-        self._tokenizer: Tokenizer | None = None
         self.teacher_cache: Tensor | None = None
         self._val: dict[int, list[Tensor]] = {}
         self.setup_compression(None, init_from, 0.0)
@@ -129,29 +128,19 @@ class SentenceEncoderModule(CompressionHooks, LightningModule):
         """The frozen teacher (not a registered submodule), or None."""
         return get_teacher(self)  # type: ignore[return-value]
 
-    def compressible_network(self) -> nn.Module:
-        return self.bert
-
-    @property
-    def tokenizer(self) -> Tokenizer:
-        """The tokenizer from the checkpoint, else from `data_spec['tokenizer']`."""
-        if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.hparams.data_spec["tokenizer"])
-        return self._tokenizer
-
     def setup(self, stage: str) -> None:
         """Check that the tokenizer fits the embeddings and that teacher and student tokenize alike."""
         check_vocab_size(self.tokenizer, self.bert)
         check_same_tokenizer(self.teacher, self)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["tokenizer_json"] = self.tokenizer.to_str()
+        self.save_tokenizer(checkpoint)
         self.save_compression(checkpoint)
         save_kd(checkpoint)
         checkpoint["hyper_parameters"] = {**checkpoint.get("hyper_parameters", {}), "keep_layers": None}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self._tokenizer = Tokenizer.from_str(checkpoint["tokenizer_json"])
+        self.restore_tokenizer(checkpoint)
         self.load_compression(checkpoint)
 
     def embed(self, input_ids: Tensor, attention_mask: Tensor, hidden: bool = False) -> Tensor | tuple:

@@ -1,0 +1,38 @@
+"""What every LightningModule around a BERT encoder shares: its tokenizer, carried in the checkpoint."""
+
+from __future__ import annotations
+
+from tokenizers import Tokenizer
+from torch import nn
+
+from core.hf_import import load_tokenizer
+
+
+class BertTask:
+    """Mixin for LightningModules with `self.bert` and `hparams.data_spec['tokenizer']`.
+
+    The tokenizer is loaded lazily from the data spec, written into every checkpoint and read
+    back from it, so a checkpoint works without the tokenizer folder it was trained with.
+    `self.bert` is the network that compression surgery (`compression.spec`) works on.
+    """
+
+    _tokenizer: Tokenizer | None = None
+
+    def compressible_network(self) -> nn.Module:
+        """The BERT encoder: heads, FFNs, embeddings and layers that compression changes."""
+        return self.bert
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The tokenizer from the checkpoint, else from `data_spec['tokenizer']`."""
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.hparams.data_spec["tokenizer"])
+        return self._tokenizer
+
+    def save_tokenizer(self, checkpoint: dict) -> None:
+        """Store the tokenizer (as tokenizer.json text) in `checkpoint`."""
+        checkpoint["tokenizer_json"] = self.tokenizer.to_str()
+
+    def restore_tokenizer(self, checkpoint: dict) -> None:
+        """Use the tokenizer stored in `checkpoint`."""
+        self._tokenizer = Tokenizer.from_str(checkpoint["tokenizer_json"])
