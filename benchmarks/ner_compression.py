@@ -5,7 +5,9 @@
 
 Rows (the teacher is the fine-tuned tagger; every student starts from its weights, `init_from`):
   teacher             the checkpoint itself, no training.
-  emb_h64             word embedding SVD-factorised to rank 64 (30522x64 then 64x384), fine-tuned.
+  emb_h64             word embedding SVD-factorised to rank 64 (30522x64 then 64x384), fine-tuned. The
+                      SVD is weighted by sqrt(1 + count) of each token in the training data (the
+                      weighted-norm optimum), here and in every row with the rank-64 embedding.
   svd_linear_emb_h64  + every encoder nn.Linear SVD-factorised to one rank (`--linear-rank`, default
                       the largest giving >= 2x fewer encoder parameters), fine-tuned.
   kd_student_6m       `--student-layers` of the teacher's 6 layers (auto: the pair with the lowest
@@ -43,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from teacher_results import open_results, write_results  # noqa: E402
 
-from compression.factorize import factorize_embedding, factorize_linears  # noqa: E402
+from compression.factorize import factorize_embedding, factorize_linears, token_frequency_weights  # noqa: E402
 from compression.report import flops_per_token, parameter_counts  # noqa: E402
 from compression.student import load_teacher  # noqa: E402
 from core.schedules import TriangleSchedule  # noqa: E402
@@ -112,24 +114,33 @@ def pick(args: argparse.Namespace, dm: CoNLLDataModule, teacher: TaggerModule, c
     batches = list(itertools.islice(iter(dm.train_dataloader()), args.pick_batches))
     losses = {}
     for c in candidates[: args.max_candidates]:
-        kw = {"share_layers": {"k": 1, "n": 6, "init_from": c}} if key == "share" else \
-             {"keep_layers": list(c), "factorize_embedding_rank": EMB_RANK}
-        losses[str(c)] = kd_loss_before_training(build(args, dm, teacher, kd=True, **kw), batches)
+        if key == "share":
+            model = build(args, dm, teacher, kd=True, share_layers={"k": 1, "n": 6, "init_from": c})
+        else:
+            model = with_factorised_embedding(build(args, dm, teacher, kd=True, keep_layers=list(c)), args)
+        losses[str(c)] = kd_loss_before_training(model, batches)
     best = min(candidates[: args.max_candidates], key=lambda c: losses[str(c)])
     return best, losses
+
+
+def with_factorised_embedding(model: TaggerModule, args: argparse.Namespace) -> TaggerModule:
+    """`model` with its word embedding replaced by the rank-EMB_RANK SVD weighted by training-token
+    frequency (after construction, so the compression spec records it and the checkpoint reloads)."""
+    factorize_embedding(model.bert, EMB_RANK, row_weights=args.embedding_row_weights)
+    return model
 
 
 def make_row(name: str, args: argparse.Namespace, dm: CoNLLDataModule, teacher: TaggerModule,
              done_rows: list[dict]) -> tuple:
     """(model, epochs, peak_lr, notes) for a row name; `done_rows` are the rows already measured."""
     if name == "emb_h64":
-        return build(args, dm, teacher, kd=True, factorize_embedding_rank=EMB_RANK), args.finetune_epochs, \
+        return with_factorised_embedding(build(args, dm, teacher, kd=True), args), args.finetune_epochs, \
             args.finetune_lr, {}
     if name == "svd_linear_emb_h64":
         model = build(args, dm, teacher, kd=True)
         rank = args.linear_rank or rank_for_reduction(model.bert, LINEARS)
         before = parameter_counts(model.bert)["non_embedding"]
-        factorize_embedding(model.bert, EMB_RANK)  # after construction, so the spec records both
+        with_factorised_embedding(model, args)
         factorize_linears(model.bert, LINEARS, rank)
         after = parameter_counts(model.bert)["non_embedding"]
         return model, args.finetune_epochs, args.finetune_lr, {
@@ -143,8 +154,8 @@ def make_row(name: str, args: argparse.Namespace, dm: CoNLLDataModule, teacher: 
         if layers is None:
             layers, notes["kd_loss_before_training"] = pick(
                 args, dm, teacher, list(itertools.combinations(range(len(teacher.bert.layers)), 2)), "keep")
-        model = build(args, dm, teacher, kd=name.startswith("kd"), keep_layers=list(layers),
-                      factorize_embedding_rank=EMB_RANK)
+        model = with_factorised_embedding(build(args, dm, teacher, kd=name.startswith("kd"),
+                                                keep_layers=list(layers)), args)
         total = parameter_counts(model)["total"]
         if total > STUDENT_BUDGET:
             raise ValueError(f"student with layers {layers} has {total:,} parameters > {STUDENT_BUDGET:,}")
@@ -266,6 +277,9 @@ def main() -> None:
     dm = CoNLLDataModule(max_sentences=args.max_sentences, max_eval_sentences=args.max_eval_sentences)
     dm.setup()
     results = open_results(args, "CoNLL-2003 compression of a fine-tuned tagger (issue 4)")
+    # The rank-64 embedding spends its rank on the tokens CoNLL uses: SVD weighted by sqrt(1 + count).
+    args.embedding_row_weights = token_frequency_weights([e.input_ids for e in dm.examples["train"]],
+                                                         teacher.bert.cfg.vocab_size)
 
     def save() -> None:
         write_results(args.out, results, markdown(results))

@@ -185,16 +185,28 @@ class FactorizedEmbedding(nn.Module):
 
     @classmethod
     def from_embedding(cls, embedding: nn.Embedding, rank: Rank, allow_full_rank: bool = False,
-                       what: str = "this embedding") -> FactorizedEmbedding:
+                       what: str = "this embedding", row_weights: Tensor | None = None) -> FactorizedEmbedding:
         """Truncated SVD of a trained table: table = U_r diag(s_r), proj = Vh_r (orthonormal rows).
 
-        The padding index is kept; the padding row is copied as is (exactly 0 if it was 0).
+        `row_weights` (one per token, > 0; e.g. sqrt(1 + count) of the token in the training data)
+        make it the best rank-r approximation in the weighted norm sum_i w_i^2 |W_i - A_i|^2: the
+        subspace Vh_r comes from the SVD of diag(w) W and every row is W_i projected onto it, so
+        the rank is spent on the tokens the task actually reads. The padding index is kept; the
+        padding row is copied as is (exactly 0 if it was 0).
         """
-        u, s, vh = truncated_svd(embedding.weight, rank, what, allow_full_rank)
+        weight = embedding.weight.detach().double()
+        if row_weights is not None:
+            row_weights = row_weights.detach().double().to(weight.device)
+            if row_weights.shape != (embedding.num_embeddings,) or not bool((row_weights > 0).all()):
+                raise ValueError(f"row_weights for {what} must be {embedding.num_embeddings} positive numbers, "
+                                 f"got shape {tuple(row_weights.shape)}")
+            _, s, vh = truncated_svd(weight * row_weights[:, None], rank, what, allow_full_rank)
+        else:
+            _, s, vh = truncated_svd(weight, rank, what, allow_full_rank)
         out = cls(embedding.num_embeddings, len(s), embedding.embedding_dim, embedding.padding_idx)
         out.to(device=embedding.weight.device, dtype=embedding.weight.dtype)
         with torch.no_grad():
-            out.table.weight.copy_(u * s)
+            out.table.weight.copy_(weight @ vh.T)  # = U_r diag(s_r) without weights
             out.proj.copy_(vh)
             if embedding.padding_idx is not None and not embedding.weight[embedding.padding_idx].any():
                 out.table.weight[embedding.padding_idx].zero_()
@@ -230,16 +242,28 @@ def _embedding_path(model: nn.Module) -> str:
                      "or embeddings.word_embeddings (BertModel)")
 
 
-def factorize_embedding(model: nn.Module, rank: Rank, allow_full_rank: bool = False) -> dict:
+def token_frequency_weights(token_ids: list[list[int]], vocab_size: int) -> Tensor:
+    """sqrt(1 + count) of every token id in `token_ids`: row weights for a frequency-weighted SVD."""
+    counts = torch.zeros(vocab_size, dtype=torch.float64)
+    for ids in token_ids:
+        counts += torch.bincount(torch.tensor(ids, dtype=torch.long), minlength=vocab_size).double()
+    return (1.0 + counts).sqrt()
+
+
+def factorize_embedding(model: nn.Module, rank: Rank, allow_full_rank: bool = False,
+                        row_weights: Tensor | None = None) -> dict:
     """Replace the model's token embedding by a FactorizedEmbedding of `rank` (in place).
 
     Works for Seq2SeqTransformer (`embed.tokens`, whose weight is also the tied output
     projection) and BertModel (`embeddings.word_embeddings`) or a module holding it as `bert`.
-    Returns {"name", "rank", "params_before", "params_after"} (whole-model parameter counts).
+    `row_weights` (see `FactorizedEmbedding.from_embedding`, `token_frequency_weights`) weight
+    the approximation by token. Returns {"name", "rank", "params_before", "params_after"}
+    (whole-model parameter counts).
     """
     path = _embedding_path(model)
     before = count_parameters(model)
-    new = FactorizedEmbedding.from_embedding(model.get_submodule(path), rank, allow_full_rank, f"embedding {path!r}")
+    new = FactorizedEmbedding.from_embedding(model.get_submodule(path), rank, allow_full_rank, f"embedding {path!r}",
+                                             row_weights)
     _set_submodule(model, path, new)
     return {"name": path, "rank": new.rank, "params_before": before, "params_after": count_parameters(model)}
 

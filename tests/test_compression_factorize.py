@@ -14,6 +14,7 @@ from compression.factorize import (
     factorize_embedding,
     factorize_linears,
     select_rank,
+    token_frequency_weights,
 )
 from compression.report import parameter_counts, size_report
 from compression.sharing import SharedLayerStack, share_layers
@@ -179,6 +180,29 @@ def test_rank_r_embedding_is_eckart_young_optimum() -> None:
     fact = FactorizedEmbedding.from_embedding(dense, 3)
     err2 = (dense.weight.double() - fact.weight.double()).square().sum()
     assert err2.item() == pytest.approx(s[3:].square().sum().item(), rel=1e-4)
+
+
+def test_frequency_weighted_embedding_is_the_weighted_optimum() -> None:
+    torch.manual_seed(0)
+    dense = nn.Embedding(30, 8)
+    weights = token_frequency_weights([[1, 1, 1, 2, 5], [5, 5, 5, 5, 29]], 30)
+    assert weights[5].item() == pytest.approx(6**0.5) and weights[0].item() == 1.0  # sqrt(1 + 5 occurrences)
+    w = weights.double()[:, None]
+    fact = FactorizedEmbedding.from_embedding(dense, 3, row_weights=weights)
+    plain = FactorizedEmbedding.from_embedding(dense, 3)
+
+    def weighted_err2(f: FactorizedEmbedding) -> float:
+        return ((dense.weight.double() - f.weight.double()) * w).square().sum().item()
+
+    # the optimum of the weighted problem is the tail of the weighted matrix's spectrum ...
+    s = torch.linalg.svdvals(dense.weight.double() * w)
+    assert weighted_err2(fact) == pytest.approx(s[3:].square().sum().item(), rel=1e-4)
+    assert weighted_err2(fact) < weighted_err2(plain)  # ... which the unweighted SVD misses
+    # full rank with weights is still exact
+    full = FactorizedEmbedding.from_embedding(dense, 8, allow_full_rank=True, row_weights=weights)
+    torch.testing.assert_close(full.weight, dense.weight, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="must be 30 positive numbers"):
+        FactorizedEmbedding.from_embedding(dense, 3, row_weights=torch.zeros(30))
 
 
 def test_nmt_tied_projection_after_factorize_embedding() -> None:
