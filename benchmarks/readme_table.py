@@ -46,13 +46,43 @@ def sts_rows(r: dict) -> list[str]:
     return rows
 
 
+def ner_compression_rows(r: dict) -> list[str]:
+    """Rows for benchmarks/results/ner_compression.json (issue 4), one per compressed tagger."""
+    rows = ["| CoNLL-2003 compression (teacher: MiniLM tagger) | params | test F1 | drop | dev F1 "
+            "| tag speed-up b1 / b32 | epochs |", "|---|---|---|---|---|---|---|"]
+    for row in r["rows"]:
+        speed = row["infer_sents_per_s"]
+        rows.append(f"| {row['name']} | {row['params']['total'] / 1e6:.2f}M | {row['test_f1']:.4f} "
+                    f"| {row['f1_drop']:+.4f} | {row['dev_f1']:.4f} | {speed['batch_1']['speedup']:.2f}× / "
+                    f"{speed['batch_32']['speedup']:.2f}× | {row['epochs']} |")
+    rows.append(f"| measured at | `{r['git_commit'][:10]}`, `python benchmarks/ner_compression.py` | | | | | |")
+    return rows
+
+
+def nmt_kd_rows(r: dict) -> list[str]:
+    """Rows for benchmarks/results/nmt_kd.json (issue 4): teacher and half-depth students."""
+    rows = ["| Multi30k half-depth student (enc/dec layers from the teacher) | params | test2016 BLEU (beam 5) "
+            "| chrF | decoding speed-up | epochs |", "|---|---|---|---|---|---|"]
+    for row in r["rows"]:
+        speed = row.get("decode_vs_teacher", {}).get("speedup")
+        rows.append(f"| {row['name']} | {row['params']['total'] / 1e6:.2f}M | {row['test2016']['bleu']:.2f} "
+                    f"| {row['test2016']['chrf']:.2f} | {f'{speed:.2f}×' if speed else '1.00×'} "
+                    f"| {row.get('epochs', '-')} |")
+    rows.append(f"| measured at | `{r['git_commit'][:10]}`, `python benchmarks/nmt_kd.py "
+                f"--epochs {r['settings']['epochs']}` | | | | |")
+    return rows
+
+
+TABLES = (("nmt_multi30k.json", nmt_rows), ("ner_compression.json", ner_compression_rows),
+          ("nmt_kd.json", nmt_kd_rows), ("sts_prune_distill.json", sts_rows))
+
+
 def main() -> None:
-    path = RESULTS / "nmt_multi30k.json"
-    if path.exists():
-        print("\n".join(nmt_rows(json.loads(path.read_text()))))
-    path = RESULTS / "sts_prune_distill.json"
-    if path.exists():
-        print("\n" + "\n".join(sts_rows(json.loads(path.read_text()))))
+    """Print every table whose JSON exists; head pruning has its own markdown (head_pruning.md)."""
+    for name, rows in TABLES:
+        path = RESULTS / name
+        if path.exists():
+            print("\n".join(rows(json.loads(path.read_text()))) + "\n")
 
 
 if __name__ == "__main__":
