@@ -49,6 +49,7 @@ from compression.factorize import factorize_embedding, factorize_linears, token_
 from compression.report import flops_per_token, parameter_counts  # noqa: E402
 from compression.student import load_teacher  # noqa: E402
 from core.schedules import TriangleSchedule  # noqa: E402
+from core.training import git_commit  # noqa: E402
 from ner.data import CoNLLDataModule  # noqa: E402
 from ner.module import TaggerModule  # noqa: E402
 
@@ -297,6 +298,7 @@ def main() -> None:
             print(f"[{name}] {parameter_counts(model)['total']:,} parameters, {epochs} epoch(s), {notes}", flush=True)
             minutes = train(model, dm, epochs, lr, args)
         row = {**evaluate(name, model, teacher, dm, args), "epochs": epochs, "train_minutes": minutes,
+               "git_commit": git_commit(), "command": " ".join(sys.argv[1:]),
                "kd": model.teacher is not None, **notes}
         if name != "teacher":
             row["reload_identical"] = reloads_identically(model, dm, args.work_dir / f"{name}.ckpt")
