@@ -65,3 +65,38 @@ def save_like_lightning(module: lightning.LightningModule, path: Path) -> dict:
     module.on_save_checkpoint(ckpt)
     torch.save(ckpt, path)
     return ckpt
+
+
+# --- tiny tagger shared by the compression and KD tests ----------------------------------------
+
+TINY_BERT = dict(vocab_size=120, hidden_size=16, num_hidden_layers=2, num_attention_heads=4, intermediate_size=24,
+                 hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, max_position_embeddings=64)
+TINY_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+
+
+def tiny_tagger(tokenizer_file, config: dict = TINY_BERT, labels: list[str] = TINY_LABELS, seed: int = 0,
+                vocab_from_tokenizer: bool = False, **kw):
+    """A seeded tiny TaggerModule (no dropout); optionally sized to the tokenizer's vocabulary."""
+    from tokenizers import Tokenizer
+
+    from ner.module import TaggerModule
+
+    torch.manual_seed(seed)
+    if vocab_from_tokenizer:
+        config = {**config, "vocab_size": Tokenizer.from_file(str(tokenizer_file)).get_vocab_size()}
+    return TaggerModule(bert_config=config, dropout=0.0, data_spec={"labels": labels, "tokenizer": str(tokenizer_file)},
+                        **kw)
+
+
+def tiny_ner_batch(max_id: int = 100, ignore_first: bool = False) -> dict:
+    """Two padded sentences of 7 random sub-tokens with labels (-100 on padding, and on the very
+    first token with `ignore_first`)."""
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(5, max_id, (2, 7), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    labels = torch.randint(0, len(TINY_LABELS), (2, 7), generator=g)
+    labels[1, 5:] = -100
+    if ignore_first:
+        labels[0, 0] = -100
+    return {"input_ids": ids, "attention_mask": mask, "casing": torch.zeros_like(ids), "labels": labels}

@@ -7,7 +7,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import save_like_lightning
+from conftest import TINY_BERT, TINY_LABELS, save_like_lightning, tiny_ner_batch, tiny_tagger
 from torch.utils.data import DataLoader
 
 from compression.factorize import factorize_embedding, factorize_linears
@@ -20,9 +20,7 @@ from nmt.module import TranslationModule
 
 DATA_SPEC = {"vocab_size": 50, "pad_id": 0, "bos_id": 2, "eos_id": 3}
 ARCH = dict(d_model=16, num_heads=4, d_ff=24, encoder_layers=2, decoder_layers=2, dropout=0.0, max_len=32)
-BERT = dict(vocab_size=120, hidden_size=16, num_hidden_layers=2, num_attention_heads=4, intermediate_size=24,
-            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, max_position_embeddings=64)
-LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+BERT, LABELS = TINY_BERT, TINY_LABELS
 
 
 # --- builders ---------------------------------------------------------------------------------
@@ -59,19 +57,11 @@ def compress_nmt(module: TranslationModule) -> None:
 
 
 def tagger(tokenizer_file: Path, seed: int = 0, **kw) -> TaggerModule:
-    torch.manual_seed(seed)
-    return TaggerModule(bert_config=BERT, dropout=0.0, data_spec={"labels": LABELS, "tokenizer": str(tokenizer_file)},
-                        **kw)
+    return tiny_tagger(tokenizer_file, seed=seed, **kw)
 
 
 def ner_batch() -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(2)
-    ids = torch.randint(5, 100, (2, 7), generator=g)
-    mask = torch.ones_like(ids)
-    mask[1, 5:] = 0
-    labels = torch.randint(0, len(LABELS), (2, 7), generator=g)
-    labels[1, 5:] = -100
-    return {"input_ids": ids, "attention_mask": mask, "casing": torch.zeros_like(ids), "labels": labels}
+    return tiny_ner_batch(max_id=100)
 
 
 def ner_out(module: TaggerModule) -> torch.Tensor:

@@ -14,8 +14,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import save_like_lightning
-from tokenizers import Tokenizer
+from conftest import TINY_BERT, TINY_LABELS, save_like_lightning, tiny_ner_batch, tiny_tagger
 from torch.utils.data import DataLoader
 
 from compression.factorize import FactorizedEmbedding
@@ -28,10 +27,9 @@ from nmt.module import TranslationModule
 DATA_SPEC = {"vocab_size": 50, "pad_id": 0, "bos_id": 2, "eos_id": 3}
 ARCH = dict(d_model=16, num_heads=4, d_ff=24, encoder_layers=2, decoder_layers=2, dropout=0.0, max_len=32)
 STUDENT_ARCH = {**ARCH, "d_model": 8, "num_heads": 2, "encoder_layers": 1, "decoder_layers": 1}
-BERT = dict(vocab_size=120, hidden_size=16, num_hidden_layers=2, num_attention_heads=4, intermediate_size=24,
-            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, max_position_embeddings=64)
+BERT = TINY_BERT
 STUDENT_BERT = {**BERT, "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 12}
-LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+LABELS = TINY_LABELS
 FIT = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
            enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0, max_steps=2)
 
@@ -151,21 +149,11 @@ def test_nmt_vocab_mismatch_and_bad_kd_hparams(nmt_teacher: Path) -> None:
 
 def tagger(tokenizer_file: Path, config: dict = BERT, labels: list[str] = LABELS, seed: int = 0,
            **kw) -> TaggerModule:
-    torch.manual_seed(seed)
-    config = {**config, "vocab_size": Tokenizer.from_file(str(tokenizer_file)).get_vocab_size()}
-    return TaggerModule(bert_config=config, dropout=0.0, data_spec={"labels": labels, "tokenizer": str(tokenizer_file)},
-                        **kw)
+    return tiny_tagger(tokenizer_file, config, labels, seed, vocab_from_tokenizer=True, **kw)
 
 
 def ner_batch() -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(2)
-    ids = torch.randint(5, 60, (2, 7), generator=g)
-    mask = torch.ones_like(ids)
-    mask[1, 5:] = 0
-    labels = torch.randint(0, len(LABELS), (2, 7), generator=g)
-    labels[1, 5:] = -100
-    labels[0, 0] = -100
-    return {"input_ids": ids, "attention_mask": mask, "casing": torch.zeros_like(ids), "labels": labels}
+    return tiny_ner_batch(max_id=60, ignore_first=True)
 
 
 @pytest.fixture
