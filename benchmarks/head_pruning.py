@@ -13,7 +13,8 @@ row, and rewrites `head_pruning.md`; plots go to `benchmarks/results/*.png`):
 2. `gates`      Voita et al.: per L0 lambda, gate fine-tuning from the teacher (`train.py` with
    `configs/nmt/gates_l0_<lambda>.yaml`, skipped if its checkpoint exists), then the heads whose
    eval-time gate is <= `--gate_threshold` are cut out (`prune_heads.py --method gates`); heads
-   kept per attention type, test2016 BLEU (beam 5), params, FLOPs, latency.
+   kept per attention type, test2016 BLEU (beam 5), params, FLOPs, latency; with
+   `--gate_finetune_epochs N` also the BLEU after N epochs of recovery fine-tuning of the pruned model.
 3. `scratch`    the same head counts trained from scratch with the teacher's recipe
    (`configs/nmt/small.yaml`) for `--scratch_epochs` epochs (the teacher had 18).
 4. `latency`    speed-up of pruned models (Taylor 25/50/75 %, gate models) over the teacher:
@@ -81,6 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lambdas", nargs="+", default=["0.01", "0.05", "0.1"])
     p.add_argument("--gate_epochs", type=int, default=2)
     p.add_argument("--gate_threshold", type=float, default=0.5)
+    p.add_argument("--gate_finetune_epochs", type=int, default=0,
+                   help="recovery fine-tuning epochs of each gate-pruned model (configs/nmt/finetune_pruned.yaml)")
     p.add_argument("--scratch_epochs", type=int, default=6)
     p.add_argument("--scratch_lambdas", nargs="+", default=None, help="gate rows to retrain (default: all)")
     p.add_argument("--taylor_levels", type=float, nargs="+", default=[0.25, 0.5, 0.75])
@@ -93,6 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.smoke:
         args.fractions, args.score_sentences, args.random_seeds, args.eval_sentences = [0.0, 0.5], 32, 1, 40
         args.lambdas, args.gate_epochs, args.scratch_epochs, args.taylor_levels = ["0.05"], 1, 1, [0.5]
+        args.gate_finetune_epochs = min(args.gate_finetune_epochs, 1)
         args.latency_batches, args.latency_rounds = 2, 1
         args.train_args += " --trainer.limit_train_batches 3 --trainer.limit_val_batches 1"
         args.work, args.results = args.work + "_smoke", str(Path(args.work + "_smoke") / "head_pruning.json")
@@ -235,6 +239,27 @@ def stage_gates(bench: Bench) -> None:
         gifs = sorted(run.glob("*.gif"))
         if gifs and (lam == "0.05" or "heatmap" not in section):
             section["heatmap"] = str(heatmap_from_gif(gifs[0], bench.png("head_gates_heatmap.png")))
+        bench.save("gates", section)
+    if a.gate_finetune_epochs:
+        finetune_gate_rows(bench, section)
+
+
+def finetune_gate_rows(bench: Bench, section: dict) -> None:
+    """Recovery fine-tuning (`configs/nmt/finetune_pruned.yaml`) of each `--lambdas` gate-pruned model that
+    lost heads and has no fine-tuned BLEU yet; adds `bleu_finetuned` / `bleu_lost_finetuned` to its row."""
+    from nmt.translate import load_translator
+    epochs = bench.args.gate_finetune_epochs
+    for row in section["rows"]:
+        if row["lambda"] not in bench.args.lambdas or "bleu_finetuned" in row \
+                or row["heads_kept"] == section["teacher_heads"]:
+            continue
+        run = bench.train(f"gates_l0_{row['lambda']}_pruned_ft{epochs}",
+                          ["configs/nmt/small.yaml", "configs/nmt/finetune_pruned.yaml"], Path(row["checkpoint"]),
+                          epochs)
+        bleu = nmt_bleu(load_translator(run / "checkpoints/last.ckpt"), bench, 5)
+        row.update(bleu_finetuned=bleu, bleu_lost_finetuned=section["teacher_bleu"] - bleu, finetune_epochs=epochs,
+                   finetuned_checkpoint=str(run / "checkpoints/last.ckpt"))
+        print(f"[gates] lambda {row['lambda']}: fine-tuned {epochs} epoch(s) -> BLEU {bleu:.2f}", flush=True)
         bench.save("gates", section)
 
 

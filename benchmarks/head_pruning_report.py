@@ -67,18 +67,22 @@ def markdown(state: dict) -> str:
         t = g["teacher_heads"]
         out += ["## L0 gates (Voita et al.)", "",
                 f"Gate fine-tuning {g['epochs']} epochs from the teacher, heads with eval gate <= "
-                f"{g['gate_threshold']} cut out. Teacher: {_heads(t)} heads (enc / dec / cross), test2016 BLEU "
+                f"{g['gate_threshold']} cut out (BLEU of the gated model = BLEU pruned: the cut is exact); "
+                "recovery fine-tuning of the pruned model with `configs/nmt/finetune_pruned.yaml`. "
+                f"Teacher: {_heads(t)} heads (enc / dec / cross), test2016 BLEU "
                 f"{_fmt(g['teacher_bleu'])} (beam 5).", "",
                 "Targets: >= 75 % of encoder heads pruned with <= 0.25 BLEU lost; >= 60 % of all heads with <= 0.5.",
-                "", "| λ | heads kept enc / dec / cross | % enc / all pruned | BLEU pruned | Δ vs teacher | BLEU gated "
-                "| same heads from scratch | params | FLOPs/token |", "|---|---|---|---|---|---|---|---|---|"]
+                "", "| λ | heads kept enc / dec / cross | % enc / all pruned | BLEU pruned | Δ vs teacher "
+                "| BLEU pruned + fine-tuned (Δ) | same heads from scratch | params | FLOPs/token |",
+                "|---|---|---|---|---|---|---|---|---|"]
         for r in g["rows"]:
             s = scratch.get(r["lambda"], {}).get("bleu")
             enc = 100 * (1 - r["heads_kept"]["enc"] / t["enc"])
             every = 100 * (1 - sum(r["heads_kept"].values()) / sum(t.values()))
+            tuned = (f"{_fmt(r['bleu_finetuned'])} ({-r['bleu_lost_finetuned']:+.2f}, {r['finetune_epochs']} ep)"
+                     if "bleu_finetuned" in r else "–")
             out.append(f"| {r['lambda']} | {_heads(r['heads_kept'])} | {enc:.0f} / {every:.0f} | {_fmt(r['bleu'])} "
-                       f"| {-r['bleu_lost']:+.2f} "
-                       f"| {_fmt(r['bleu_gated'])} | {_fmt(s)} | {r['params']:,} | {r['flops']:,.0f} |")
+                       f"| {-r['bleu_lost']:+.2f} | {tuned} | {_fmt(s)} | {r['params']:,} | {r['flops']:,.0f} |")
         if "scratch" in state:
             out += ["", f"From scratch: {state['scratch']['budget']}."]
         if g.get("heatmap"):

@@ -44,11 +44,13 @@ def slice_files(cfg_files: dict[str, str] | list[str], folder: Path, lines: int)
 def main() -> None:
     """Parse, run the pipeline, print the markdown table."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=str(CONFIG), help="pipeline YAML (default: %(default)s)")
+    ap.add_argument("--results", default=str(RESULT), help="JSON written (markdown beside it)")
     ap.add_argument("--smoke", action="store_true", help="tiny slices, 1 epoch, results under benchmarks/work/")
     ap.add_argument("overrides", nargs="*", help="pipeline overrides, e.g. --epochs 3 (after --)")
     args = ap.parse_args()
-    cfg = parse(["--config", str(CONFIG), *args.overrides])
-    cfg.report_json = str(RESULT)
+    cfg = parse(["--config", args.config, *args.overrides])
+    cfg.report_json = args.results
     if args.smoke:
         tmp = Path(tempfile.mkdtemp(prefix="sts_smoke_"))
         cfg.train_files = slice_files(cfg.train_files, tmp, 64)  # type: ignore[assignment]

@@ -121,7 +121,7 @@ def distil(student: SentenceEncoderModule, datamodule: SentenceDataModule, cfg: 
     """Fit `student` to the cached teacher embeddings; returns the last validation's metrics."""
     student.teacher_cache = teacher_cache
     trainer = L.Trainer(
-        max_epochs=cfg.epochs, accelerator="cpu", logger=TensorBoardLogger(cfg.output_dir, name=name),
+        max_epochs=cfg.epochs, accelerator="auto", logger=TensorBoardLogger(cfg.output_dir, name=name),
         callbacks=[TriangleSchedule(cfg.peak_lr, cfg.warmup)], enable_checkpointing=False,
         num_sanity_val_steps=0, log_every_n_steps=20, gradient_clip_val=1.0, enable_model_summary=False,
     )
