@@ -42,7 +42,8 @@ def sts_rows(r: dict) -> list[str]:
         rows.append(f"| {row['name']} | {row['spearman_en']:.2f} / {row['spearman_de']:.2f} / {row['spearman_ru']:.2f} "
                     f"| {row['quality_vs_teacher']:.2f} | {row['params'] / 1e6:.1f}M | {row['flops'] / 1e6:.2f} "
                     f"| {ms['1']:.1f} / {ms['16']:.1f} / {ms['64']:.1f} | {row['speedup_b16']:.2f}× |")
-    rows.append(f"| measured at | `{r['git_commit'][:10]}`, `python benchmarks/sts_prune_distill.py` | | | | | |")
+    command = r.get("command", "python benchmarks/sts_prune_distill.py")
+    rows.append(f"| measured at | `{r['git_commit'][:10]}`, `{command}` | | | | | |")
     return rows
 
 
