@@ -10,10 +10,11 @@ row, and rewrites `head_pruning.md`; plots go to `benchmarks/results/*.png`):
 1. `curve_nmt`  Michel et al.: test2016 BLEU vs share of ALL heads pruned (one shot), heads
    ranked by Taylor importance (|dL/d mask_h| over `--score_sentences` training pairs) vs
    random (mean over `--random_seeds`). Decoding with `--curve_beam` (1 = greedy).
-2. `gates`      Voita et al.: per L0 lambda, gate fine-tuning from the teacher (`train.py` with
-   `configs/nmt/gates_l0_<lambda>.yaml`, skipped if its checkpoint exists), then the heads whose
-   eval-time gate is <= `--gate_threshold` are cut out (`prune_heads.py --method gates`); heads
-   kept per attention type, test2016 BLEU (beam 5), params, FLOPs, latency; with
+2. `gates`      Voita et al.: per `--lambdas` entry L (an L0 lambda, `0.1_enc` = encoder gates only),
+   gate fine-tuning from the teacher (`train.py` with `configs/nmt/gates_l0_<L>.yaml`, skipped if its
+   checkpoint exists), then the heads whose eval-time gate is <= `--gate_threshold` are cut out
+   (`prune_heads.py --method gates`); heads kept per attention type, test2016 BLEU (beam 5), params,
+   FLOPs, latency; with
    `--gate_finetune_epochs N` also the BLEU after N epochs of recovery fine-tuning of the pruned model.
 3. `scratch`    the same head counts trained from scratch with the teacher's recipe
    (`configs/nmt/small.yaml`) for `--scratch_epochs` epochs (the teacher had 18).
@@ -37,6 +38,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -223,8 +225,8 @@ def stage_gates(bench: Bench) -> None:
     for lam in a.lambdas:
         if lam in done:
             continue
-        run = bench.train(f"gates_l0_{lam}", ["configs/nmt/small.yaml", f"configs/nmt/gates_l0_{lam}.yaml"],
-                          Path(a.teacher), a.gate_epochs)
+        config = REPO_ROOT / f"configs/nmt/gates_l0_{lam}.yaml"
+        run = bench.train(f"gates_l0_{lam}", ["configs/nmt/small.yaml", str(config)], Path(a.teacher), a.gate_epochs)
         out = bench.work / f"gates_l0_{lam}_pruned.ckpt"
         report = prune_checkpoint(PruneOptions(
             checkpoint=str(run / "checkpoints/last.ckpt"), output=str(out), method="gates",
@@ -232,7 +234,9 @@ def stage_gates(bench: Bench) -> None:
             beam_size=5, batch_sizes=a.batch_sizes, report=str(bench.work / f"gates_l0_{lam}_report")))
         kept = {SHORT[k]: sum(v) for k, v in report["heads"]["after"].items()}
         bleu = report["quality"]["after"]["bleu"]
-        section["rows"].append({"lambda": lam, "heads_kept": kept, "heads_per_layer": report["heads"]["after"],
+        gated = yaml.safe_load(Path(config).read_text())["model"]["init_args"]["gate_types"]
+        section["rows"].append({"lambda": lam, "gate_types": [SHORT[t] for t in gated], "gate_epochs": a.gate_epochs,
+                                "heads_kept": kept, "heads_per_layer": report["heads"]["after"],
                                 "bleu": bleu, "bleu_gated": report["quality"]["before"]["bleu"],
                                 "bleu_lost": section["teacher_bleu"] - bleu, "checkpoint": str(out),
                                 **size_row(report)})

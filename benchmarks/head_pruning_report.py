@@ -72,8 +72,8 @@ def markdown(state: dict) -> str:
                 f"Teacher: {_heads(t)} heads (enc / dec / cross), test2016 BLEU "
                 f"{_fmt(g['teacher_bleu'])} (beam 5).", "",
                 "Targets: >= 75 % of encoder heads pruned with <= 0.25 BLEU lost; >= 60 % of all heads with <= 0.5.",
-                "", "| λ | heads kept enc / dec / cross | % enc / all pruned | BLEU pruned | Δ vs teacher "
-                "| BLEU pruned + fine-tuned (Δ) | same heads from scratch | params | FLOPs/token |",
+                "", "| λ (gated types) | heads kept enc / dec / cross | % enc / all pruned | BLEU pruned "
+                "| Δ vs teacher | BLEU pruned + fine-tuned (Δ) | same heads from scratch | params | FLOPs/token |",
                 "|---|---|---|---|---|---|---|---|---|"]
         for r in g["rows"]:
             s = scratch.get(r["lambda"], {}).get("bleu")
@@ -81,7 +81,9 @@ def markdown(state: dict) -> str:
             every = 100 * (1 - sum(r["heads_kept"].values()) / sum(t.values()))
             tuned = (f"{_fmt(r['bleu_finetuned'])} ({-r['bleu_lost_finetuned']:+.2f}, {r['finetune_epochs']} ep)"
                      if "bleu_finetuned" in r else "–")
-            out.append(f"| {r['lambda']} | {_heads(r['heads_kept'])} | {enc:.0f} / {every:.0f} | {_fmt(r['bleu'])} "
+            gated = "/".join(r.get("gate_types", ["enc", "dec", "cross"]))
+            out.append(f"| {r['lambda'].removesuffix('_enc')} ({gated}) | {_heads(r['heads_kept'])} "
+                       f"| {enc:.0f} / {every:.0f} | {_fmt(r['bleu'])} "
                        f"| {-r['bleu_lost']:+.2f} | {tuned} | {_fmt(s)} | {r['params']:,} | {r['flops']:,.0f} |")
         if "scratch" in state:
             out += ["", f"From scratch: {state['scratch']['budget']}."]
