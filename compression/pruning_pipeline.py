@@ -258,7 +258,7 @@ def measure_quality(task: str, module: LightningModule, opts: PruneOptions) -> d
     from ner.conll import read_conll, to_iob2
     sentences, _ = to_iob2(read_conll(_need(opts.eval_conll, "--eval_conll", "F1")))
     gold = [s.tags for s in sentences]
-    pred = module.tag([s.tokens for s in sentences])
+    pred = module.tag([s.tokens for s in sentences], documents=[s.document for s in sentences])
     return {"f1": float(f1_score(gold, pred, zero_division=0)),
             "precision": float(precision_score(gold, pred, zero_division=0)),
             "recall": float(recall_score(gold, pred, zero_division=0)), "sentences": len(sentences)}
