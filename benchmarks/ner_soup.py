@@ -1,0 +1,85 @@
+"""Model soup of CoNLL-2003 taggers: average fine-tuned checkpoints, score dev and test F1.
+
+    python benchmarks/ner_soup.py benchmarks/work/ner_conll/minilm_context.ckpt \\
+        benchmarks/work/teachers/ner_minilm_casing_teacher.ckpt --weights 0.5,0.5 0.7,0.3
+
+Each input tagger and each weighted average (`core.averaging.average_checkpoints`, Wortsman et al.
+2022) is scored on eng.testa (dev) and eng.testb (test): word-level seqeval F1 overall and per
+type, each sentence tagged with its own document's context when the first checkpoint was trained
+with context (a soup takes the first file's data spec). The soup to quote is the one with the best
+dev F1 (`best_by_dev`); test F1 is reported for all, never used to choose. Writes
+`benchmarks/results/ner_soup.json` after every model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from seqeval.metrics import classification_report, f1_score
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.averaging import average_checkpoints  # noqa: E402
+from core.data_dir import REPO_ROOT, resolve_data_dir  # noqa: E402
+from core.training import git_commit  # noqa: E402
+from ner.conll import read_conll, to_iob2  # noqa: E402
+from ner.module import TaggerModule  # noqa: E402
+
+
+def score(module: TaggerModule, conll: Path) -> dict:
+    """Entity F1 (overall and per type) of `module` on a CoNLL file, documents kept apart."""
+    sentences, _ = to_iob2(read_conll(conll))
+    gold = [s.tags for s in sentences]
+    with torch.no_grad():
+        pred = module.tag([s.tokens for s in sentences], documents=[s.document for s in sentences])
+    report = classification_report(gold, pred, output_dict=True, zero_division=0)
+    return {"f1": float(f1_score(gold, pred, zero_division=0)),
+            "per_type": {k: round(float(v["f1-score"]), 4) for k, v in report.items() if "avg" not in k}}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoints", nargs="+", help="TaggerModule checkpoints of the same model")
+    p.add_argument("--weights", nargs="*", default=[], help="comma-separated weight sets (uniform is always run)")
+    p.add_argument("--data_dir", default=None, help="folder with conll2003/ (default: ../shared/data)")
+    p.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks/results/ner_soup.json")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    conll = resolve_data_dir(args.data_dir, "conll2003")
+    splits = {"dev": conll / "eng.testa", "test": conll / "eng.testb"}
+    weight_sets = [[1.0] * len(args.checkpoints)] + [[float(w) for w in s.split(",")] for s in args.weights]
+    results: dict = {"git_commit": git_commit(), "command": " ".join(["python", "benchmarks/ner_soup.py",
+                                                                        *sys.argv[1:]]), "rows": []}
+
+    def add(name: str, module: TaggerModule, **extra) -> None:
+        row = {"name": name, **extra, **{k: score(module.eval(), path) for k, path in splits.items()}}
+        results["rows"].append(row)
+        soups = [r for r in results["rows"] if "weights" in r]
+        if soups:
+            results["best_by_dev"] = max(soups, key=lambda r: r["dev"]["f1"])["name"]
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"[soup] {name}: dev {row['dev']['f1']:.4f} test {row['test']['f1']:.4f}", flush=True)
+
+    for path in args.checkpoints:
+        add(Path(path).name, TaggerModule.load_from_checkpoint(path, map_location="cpu", weights_only=False),
+            checkpoint=str(path))
+    with tempfile.TemporaryDirectory() as tmp:
+        for weights in weight_sets:
+            soup_path = Path(tmp) / "soup.ckpt"
+            torch.save(average_checkpoints(args.checkpoints, weights), soup_path)
+            total = sum(weights)
+            add("soup " + "/".join(f"{w / total:.2f}" for w in weights),
+                TaggerModule.load_from_checkpoint(soup_path, map_location="cpu", weights_only=False),
+                weights=[w / total for w in weights])
+
+
+if __name__ == "__main__":
+    main()
