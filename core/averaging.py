@@ -14,8 +14,9 @@ buffers must be equal in every file and are copied. The files must describe the 
 * the same top-level entries in `SAME_ENTRIES` (compression spec: which heads / neurons were
   kept; NMT SentencePiece vocabulary; tagger tokenizer);
 * the same `hyper_parameters`, compared key by key at any depth (e.g. `data_spec.labels`,
-  `arch.num_heads`), except training-only keys: names in `TRAINING_ONLY` (optimiser, KD,
-  decoding, data-path settings) and any name containing "dropout".
+  `arch.num_heads`; a missing key equals None), except keys that do not shape the weights:
+  names in `TRAINING_ONLY` (optimiser, KD, decoding, data-path and input-windowing settings),
+  any name containing "dropout" and LightningCLI's `_`-prefixed bookkeeping.
 
 Files are loaded with `weights_only=False` (Lightning stores hyper-parameters as Python
 objects): average only checkpoints you trust.
@@ -37,6 +38,7 @@ TRAINING_ONLY = frozenset({
     "teacher", "kd_alpha", "kd_temperature", "kd_cache", "init_from", "checkpoint_dir",  # KD, start weights
     "val_beam_size", "test_beam_size", "length_penalty", "max_len_a", "max_len_b", "num_samples",  # decoding
     "tokenizer", "schemes",  # data_spec: tokenizer path (its content is `tokenizer_json`), source tag schemes
+    "context_tokens", "max_length",  # input windowing: the soup tags with the first file's setting
 })
 
 
@@ -48,7 +50,8 @@ def architecture_hparams(hparams: Any, prefix: str = "") -> dict[str, Any]:
         return {prefix.rstrip("."): hparams}
     flat: dict[str, Any] = {}
     for key, value in hparams.items():
-        if str(key) in TRAINING_ONLY or "dropout" in str(key):
+        # "_class_path" / "_instantiator": LightningCLI bookkeeping, present or not by how a run started
+        if str(key) in TRAINING_ONLY or "dropout" in str(key) or str(key).startswith("_"):
             continue
         flat.update(architecture_hparams(value, f"{prefix}{key}."))
     return flat
@@ -89,8 +92,9 @@ def check_compatible(ref: dict, ref_path: str | Path, ckpt: dict, path: str | Pa
         raise ValueError(f"{path}: checkpoint entries {differ} differ from {ref_path} (not the same model)")
     hp_a = architecture_hparams(ref.get("hyper_parameters") or {})
     hp_b = architecture_hparams(ckpt.get("hyper_parameters") or {})
-    diff = [f"{k}: {hp_a.get(k, '<missing>')!r} vs {hp_b.get(k, '<missing>')!r}"
-            for k in sorted(set(hp_a) | set(hp_b)) if hp_a.get(k, "<missing>") != hp_b.get(k, "<missing>")]
+    # a key absent from one file equals None (the default) in the other, e.g. hparams added later
+    diff = [f"{k}: {hp_a.get(k)!r} vs {hp_b.get(k)!r}"
+            for k in sorted(set(hp_a) | set(hp_b)) if hp_a.get(k) != hp_b.get(k)]
     if diff:
         raise ValueError(f"{path}: hyper_parameters differ from {ref_path} ({ref_path} vs {path}): {_short(diff, 4)}")
 
