@@ -38,6 +38,10 @@ def sts_rows(r: dict) -> list[str]:
     rows = ["| STS-B dev, all-MiniLM-L6-v2 prune-then-distil | Spearman en / de / ru | % of teacher (en) | params "
             "| MFLOPs/token | ms batch 1 / 16 / 64 | speed-up (b16) |", "|---|---|---|---|---|---|---|"]
     for row in r["rows"]:
+        if "latency_ms" not in row:  # a run still in progress: sizes and latency come at its end
+            rows.append(f"| {row['name']} | {row['spearman_en']:.2f} / {row['spearman_de']:.2f} / "
+                        f"{row['spearman_ru']:.2f} | – | – | – | – | – |")
+            continue
         ms = row["latency_ms"]
         rows.append(f"| {row['name']} | {row['spearman_en']:.2f} / {row['spearman_de']:.2f} / {row['spearman_ru']:.2f} "
                     f"| {row['quality_vs_teacher']:.2f} | {row['params'] / 1e6:.1f}M | {row['flops'] / 1e6:.2f} "
@@ -75,14 +79,13 @@ def nmt_kd_rows(r: dict) -> list[str]:
 
 
 TABLES = (("nmt_multi30k.json", nmt_rows), ("ner_compression.json", ner_compression_rows),
-          ("nmt_kd.json", nmt_kd_rows), ("sts_prune_distill.json", sts_rows))
+          ("nmt_kd.json", nmt_kd_rows), ("sts_prune_distill*.json", sts_rows))
 
 
 def main() -> None:
     """Print every table whose JSON exists; head pruning has its own markdown (head_pruning.md)."""
-    for name, rows in TABLES:
-        path = RESULTS / name
-        if path.exists():
+    for pattern, rows in TABLES:
+        for path in sorted(RESULTS.glob(pattern)):
             print("\n".join(rows(json.loads(path.read_text()))) + "\n")
 
 
