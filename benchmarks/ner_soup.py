@@ -20,26 +20,20 @@ import tempfile
 from pathlib import Path
 
 import torch
-from seqeval.metrics import classification_report, f1_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.averaging import average_checkpoints  # noqa: E402
 from core.data_dir import REPO_ROOT, resolve_data_dir  # noqa: E402
 from core.training import git_commit  # noqa: E402
-from ner.conll import read_conll, to_iob2  # noqa: E402
-from ner.module import TaggerModule  # noqa: E402
+from ner.module import TaggerModule, score_conll  # noqa: E402
 
 
 def score(module: TaggerModule, conll: Path) -> dict:
     """Entity F1 (overall and per type) of `module` on a CoNLL file, documents kept apart."""
-    sentences, _ = to_iob2(read_conll(conll))
-    gold = [s.tags for s in sentences]
     with torch.no_grad():
-        pred = module.tag([s.tokens for s in sentences], documents=[s.document for s in sentences])
-    report = classification_report(gold, pred, output_dict=True, zero_division=0)
-    return {"f1": float(f1_score(gold, pred, zero_division=0)),
-            "per_type": {k: round(float(v["f1-score"]), 4) for k, v in report.items() if "avg" not in k}}
+        scores = score_conll(module, conll)
+    return {"f1": scores["f1"], "per_type": {k[3:]: round(v, 4) for k, v in scores.items() if k.startswith("f1_")}}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -253,15 +253,9 @@ def measure_quality(task: str, module: LightningModule, opts: PruneOptions) -> d
         return result
     if not opts.eval_conll:
         return None
-    from seqeval.metrics import f1_score, precision_score, recall_score
-
-    from ner.conll import read_conll, to_iob2
-    sentences, _ = to_iob2(read_conll(_need(opts.eval_conll, "--eval_conll", "F1")))
-    gold = [s.tags for s in sentences]
-    pred = module.tag([s.tokens for s in sentences], documents=[s.document for s in sentences])
-    return {"f1": float(f1_score(gold, pred, zero_division=0)),
-            "precision": float(precision_score(gold, pred, zero_division=0)),
-            "recall": float(recall_score(gold, pred, zero_division=0)), "sentences": len(sentences)}
+    from ner.module import score_conll
+    scores = score_conll(module, _need(opts.eval_conll, "--eval_conll", "F1"))
+    return {k: scores[k] for k in ("f1", "precision", "recall", "sentences")}
 
 
 # ----------------------------------------------------------------------------- saving

@@ -8,6 +8,8 @@ hyperparameter, and the tokenizer itself (its JSON) is stored in the checkpoint,
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from lightning import LightningModule
@@ -32,7 +34,18 @@ from core.bert import BertConfig, BertModel
 from core.bert_task import BertTask
 from core.hf_import import check_vocab_size, default_checkpoint_dir, load_bert
 from ner.align import CASING, IGNORE, SentenceEncoder, document_context
+from ner.conll import read_conll, to_iob2
 from ner.data import collate
+
+
+def entity_scores(gold: list[list[str]], pred: list[list[str]], labels: list[str]) -> dict[str, float]:
+    """Word-level entity precision/recall/F1 (seqeval default mode, like conlleval) and `f1_<TYPE>` per type."""
+    scores = {"precision": precision_score(gold, pred, zero_division=0),
+              "recall": recall_score(gold, pred, zero_division=0), "f1": f1_score(gold, pred, zero_division=0)}
+    report = classification_report(gold, pred, output_dict=True, zero_division=0)
+    for kind in sorted({label[2:] for label in labels if label != "O"}):
+        scores[f"f1_{kind}"] = report.get(kind, {}).get("f1-score", 0.0)
+    return {k: float(v) for k, v in scores.items()}
 
 
 def first_subtoken_mask(word_ids: Tensor) -> Tensor:
@@ -224,21 +237,13 @@ class TaggerModule(BertTask, CompressionHooks, LightningModule):
         return out
 
     def _score(self, prefix: str) -> dict[str, float]:
-        """Word-level entity P/R/F1 (seqeval default mode, like conlleval), overall and per type."""
+        """Word-level entity P/R/F1 of the collected outputs, overall and per type, keys `<prefix>/...`."""
         if not self._outputs:  # e.g. limit_val_batches=0
             return {}
         rows = torch.cat(self._outputs)
         self._outputs.clear()
-        gold, pred = self._sentences(rows, 2), self._sentences(rows, 3)
-        scores = {
-            f"{prefix}/precision": precision_score(gold, pred, zero_division=0),
-            f"{prefix}/recall": recall_score(gold, pred, zero_division=0),
-            f"{prefix}/f1": f1_score(gold, pred, zero_division=0),
-        }
-        report = classification_report(gold, pred, output_dict=True, zero_division=0)
-        for kind in sorted({label[2:] for label in self.labels if label != "O"}):
-            scores[f"{prefix}/f1_{kind}"] = report.get(kind, {}).get("f1-score", 0.0)
-        return {k: float(v) for k, v in scores.items()}
+        scores = entity_scores(self._sentences(rows, 2), self._sentences(rows, 3), self.labels)
+        return {f"{prefix}/{k}": v for k, v in scores.items()}
 
     @torch.no_grad()
     def tag(
@@ -278,3 +283,10 @@ class TaggerModule(BertTask, CompressionHooks, LightningModule):
              {"params": no_decay, "weight_decay": 0.0}, *gate_group],
             lr=self.hparams.lr,
         )
+
+
+def score_conll(module: TaggerModule, path: str | Path) -> dict[str, float]:
+    """`entity_scores` of `module` on a CoNLL file (IOB1 or IOB2), documents kept apart for context models."""
+    sentences, _ = to_iob2(read_conll(path))
+    pred = module.tag([s.tokens for s in sentences], documents=[s.document for s in sentences])
+    return {**entity_scores([s.tags for s in sentences], pred, module.labels), "sentences": len(sentences)}

@@ -17,7 +17,7 @@ from core.data_dir import REPO_ROOT
 from core.schedules import TriangleSchedule
 from ner.conll import read_conll, to_iob2
 from ner.data import CoNLLDataModule
-from ner.module import TaggerModule
+from ner.module import TaggerModule, entity_scores, score_conll
 from ner.predict import predict_file
 
 # Where CoNLLDataModule looks by default: $DATA_DIR, else ../shared/data beside the repo.
@@ -99,11 +99,22 @@ def test_tiny_tagger_overfits_then_reloads_identically(tiny: dict, tmp_path: Pat
     os.remove(tokenizer_file)  # the checkpoint alone must be enough
     reloaded = TaggerModule.load_from_checkpoint(path, weights_only=False)
     assert reloaded.tag(words, batch_size=7) == predicted
+    from_file = score_conll(reloaded, tiny["root"] / "conll2003" / "eng.testa")  # the file path, IOB1 read again
+    assert from_file["f1"] == 1.0 and from_file["sentences"] == len(words)
     batch = next(iter(dm.val_dataloader()))
     model.eval()
     with torch.no_grad():
         assert torch.equal(reloaded(batch["input_ids"], batch["attention_mask"], batch["casing"]),
                            model(batch["input_ids"], batch["attention_mask"], batch["casing"]))
+
+
+def test_entity_scores_are_word_level_seqeval() -> None:
+    gold = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O"]]
+    pred = [["B-PER", "I-PER", "O", "O"], ["B-ORG", "B-MISC"]]
+    scores = entity_scores(gold, pred, ["O", "B-PER", "I-PER", "B-LOC", "B-ORG", "B-MISC"])
+    assert scores["precision"] == pytest.approx(2 / 3) and scores["recall"] == pytest.approx(2 / 3)
+    assert scores["f1_PER"] == 1.0 and scores["f1_ORG"] == 1.0 and scores["f1_LOC"] == 0.0
+    assert scores["f1_MISC"] == 0.0  # predicted but never gold: a type of the label list still gets a score
 
 
 def test_casing_embedding_starts_as_a_no_op(tiny_tokenizer: Path) -> None:
