@@ -26,6 +26,7 @@ import json
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 import lightning as L
@@ -76,7 +77,7 @@ class PipelineConfig:
     cosine_weight: float = 1.0
     hidden_weight: float = 0.0
     baselines: bool = True
-    drop_layers_keep: list[int] = field(default_factory=lambda: [0, 2, 4])
+    drop_layers_keep: list[list[int]] = field(default_factory=lambda: [[0, 2, 4]])
     latency_batch_sizes: list[int] = field(default_factory=lambda: [1, 16, 64])
     latency_repeats: int = 10
     output_dir: str = "benchmarks/work/sts_prune_distill"
@@ -185,6 +186,11 @@ def markdown_table(report: dict) -> str:
         cells.append(f"{row.get('speedup_b16', float('nan')):.2f}×")
         lines.append("| " + " | ".join(cells) + " |")
     notes = report.get("notes", "")
+    equal = report.get("equal_speed")
+    if equal and equal["layer_dropping_quality_at_equal_speed"] is not None:
+        notes += (f"\n\nAt {equal['model']}'s speed ({equal['speedup_b16']:.2f}x at batch 16) layer dropping, "
+                  f"interpolated between its measured rows, keeps {equal['layer_dropping_quality_at_equal_speed']:.2f} "
+                  f"% of the teacher; {equal['model']} keeps {equal['quality_vs_teacher']:.2f} %.")
     return f"# {report.get('title', 'STS prune-then-distil')}\n\n" + "\n".join(lines) + f"\n\n{notes}\n"
 
 
@@ -237,13 +243,37 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         attach_teacher(scratch, teacher)
         stage("same size, random init + distilled", scratch,
               _as_scores(distil(scratch, dm, cfg, "random_init_distilled", cache)), **shape)
-        dropped = new(keep_layers=cfg.drop_layers_keep)
-        attach_teacher(dropped, teacher)
-        stage(f"layers {cfg.drop_layers_keep} kept + distilled", dropped,
-              _as_scores(distil(dropped, dm, cfg, "layer_drop_distilled", cache)))
+        for keep in cfg.drop_layers_keep:
+            dropped = new(keep_layers=keep)
+            attach_teacher(dropped, teacher)
+            stage(f"layers {keep} kept + distilled", dropped,
+                  _as_scores(distil(dropped, dm, cfg, f"layer_drop_{len(keep)}_distilled", cache)), kept_layers=keep)
     _measure(report, models, latency_inputs(dm, cfg.latency_batch_sizes), cfg.latency_repeats)
+    report["equal_speed"] = equal_speed_comparison(report["rows"])
     stage("size and latency", None, None)
     return report
+
+
+def equal_speed_comparison(rows: list[dict], name: str = "pruned + distilled") -> dict | None:
+    """The layer-dropping quality at the speed of row `name`: linear between the measured points.
+
+    The layer-dropping curve is the teacher (all layers, 1.0x) plus every `kept_layers` row, as
+    (speed-up at batch 16, % of the teacher). Beyond the fastest measured point it is not
+    extrapolated (None): the comparison needs a baseline at least as fast as the pruned model.
+    """
+    row = next((r for r in rows if r["name"] == name), None)
+    curve = sorted((r["speedup_b16"], r["quality_vs_teacher"]) for r in rows
+                   if ("kept_layers" in r or r["name"] == "teacher") and "quality_vs_teacher" in r)
+    if row is None or "quality_vs_teacher" not in row or len(curve) < 2:
+        return None
+    speed = row["speedup_b16"]
+    at_speed = None
+    for (s0, q0), (s1, q1) in pairwise(curve):
+        if s0 <= speed <= s1:
+            at_speed = q0 + (q1 - q0) * (speed - s0) / (s1 - s0) if s1 > s0 else max(q0, q1)
+    return {"model": name, "speedup_b16": speed, "quality_vs_teacher": row["quality_vs_teacher"],
+            "layer_dropping_quality_at_equal_speed": at_speed,
+            "beats_layer_dropping": None if at_speed is None else row["quality_vs_teacher"] > at_speed}
 
 
 def reinitialise_module(module: SentenceEncoderModule) -> SentenceEncoderModule:

@@ -20,7 +20,7 @@ from core.bert import BertConfig, BertModel
 from core.hf_import import default_checkpoint_dir, load_tokenizer
 from sts.data import SentenceDataModule, STSPair, read_sentences, read_sts, tokenize
 from sts.module import SentenceEncoderModule, evaluate_sts, pool, spearman_x100
-from sts.pipeline import PipelineConfig, check_config
+from sts.pipeline import PipelineConfig, check_config, equal_speed_comparison, markdown_table
 
 TINY = {"vocab_size": 120, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 4,
         "intermediate_size": 32, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
@@ -157,6 +157,21 @@ def test_layer_dropped_student_aligns_hidden_states_and_reloads(tokenizer_file: 
     reloaded = SentenceEncoderModule.load_from_checkpoint(path, weights_only=False).eval()
     assert len(reloaded.bert.layers) == 1
     torch.testing.assert_close(reloaded.encode(["EU rejects lamb"]), student.encode(["EU rejects lamb"]))
+
+
+def test_equal_speed_comparison_interpolates_the_layer_dropping_curve() -> None:
+    rows = [{"name": "teacher", "speedup_b16": 1.0, "quality_vs_teacher": 100.0},
+            {"name": "pruned + distilled", "speedup_b16": 1.6, "quality_vs_teacher": 99.0},
+            {"name": "layers [0, 2, 3, 5] kept + distilled", "kept_layers": [0, 2, 3, 5], "speedup_b16": 1.5,
+             "quality_vs_teacher": 99.5},
+            {"name": "layers [0, 2, 4] kept + distilled", "kept_layers": [0, 2, 4], "speedup_b16": 2.0,
+             "quality_vs_teacher": 97.5}]
+    equal = equal_speed_comparison(rows)
+    assert equal["layer_dropping_quality_at_equal_speed"] == pytest.approx(99.1)  # 99.5 - 0.2 * 2.0
+    assert equal["beats_layer_dropping"] is False
+    assert "keeps 99.10 %" in markdown_table({"rows": rows, "equal_speed": equal})
+    rows[1]["speedup_b16"] = 2.2  # faster than every layer-dropping row: no extrapolated verdict
+    assert equal_speed_comparison(rows)["beats_layer_dropping"] is None
 
 
 def test_bad_inputs_give_one_clear_error(tokenizer_file: Path, tmp_path: Path) -> None:
