@@ -36,7 +36,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from compression.ffn import feed_forwards, ffn_taylor_importance, neurons_to_keep, prune_ffns
 from compression.importance import taylor_importance
-from compression.prune import heads_to_keep, prune_model
+from compression.prune import head_config, heads_to_keep, prune_model
 from compression.report import flops_per_token, parameter_counts
 from compression.student import attach_teacher
 from core.hf_import import default_checkpoint_dir
@@ -47,7 +47,7 @@ from sts.module import SentenceEncoderModule, evaluate_sts, reinitialise
 
 NOTES = (
     "Teacher = the unpruned encoder (its en Spearman is the 100 % reference). Pruned: {heads:.0%} of the heads "
-    "and {ffn:.0%} of the FFN neurons removed by Taylor importance (global ranking). Students are distilled on "
+    "and {ffn:.0%} of the FFN neurons removed by Taylor importance (global ranking{steps}). Students are distilled on "
     "{n:,} unlabelled sentences for {epochs} epoch(s) (MSE + cosine to cached teacher embeddings). Spearman x 100 "
     "of cosine vs gold on STS-B dev; FLOPs per token at batch 16 (real sentences, padding included); latency = "
     "median of {repeats} CPU forwards, models alternating in one process, so speed-ups are ratios. "
@@ -67,6 +67,7 @@ class PipelineConfig:
     score_pairs: int = 1000
     prune_heads: float = 0.5
     prune_ffn: float = 0.5
+    prune_steps: int = 1
     max_sentences: int | None = None
     max_length: int = 128
     batch_size: int = 64
@@ -95,6 +96,9 @@ def check_config(cfg: PipelineConfig) -> None:
         raise ValueError("sts_files must name at least one STS file ({language: csv})")
     if cfg.epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {cfg.epochs}")
+    if cfg.prune_steps < 1 or cfg.epochs % cfg.prune_steps:
+        raise ValueError(f"prune_steps must be >= 1 and divide epochs ({cfg.epochs}), got {cfg.prune_steps}: "
+                         "every pruning round is followed by the same number of distillation epochs")
 
 
 def sts_regression_loss(module: SentenceEncoderModule, batch: dict) -> torch.Tensor:
@@ -103,31 +107,55 @@ def sts_regression_loss(module: SentenceEncoderModule, batch: dict) -> torch.Ten
     return F.mse_loss(cosine, batch["score"] / 5.0)
 
 
-def prune_by_taylor(module: SentenceEncoderModule, datamodule: SentenceDataModule, cfg: PipelineConfig) -> dict:
-    """Score on `cfg.score_pairs` STS pairs, then remove the configured head and FFN fractions in place."""
+def prune_by_taylor(module: SentenceEncoderModule, datamodule: SentenceDataModule, cfg: PipelineConfig,
+                    progress: float = 1.0) -> dict:
+    """Score on `cfg.score_pairs` STS pairs, then prune in place until `progress` x the configured head and
+    FFN fractions of the *original* counts are gone (progress < 1: a step of iterative pruning)."""
     pairs = read_sts(cfg.score_file)[: cfg.score_pairs]
     batches = list(datamodule.sts_loader(pairs))
     loss = lambda _network, batch: sts_regression_loss(module, batch)  # noqa: E731
     head_scores = taylor_importance(module.bert, batches, loss, types=["bert_self"])
     ffn_scores = ffn_taylor_importance(module.bert, batches, loss)
-    plan = heads_to_keep(head_scores, cfg.prune_heads)
+    bert_cfg = module.bert.cfg
+    heads_now = int((~head_scores["bert_self"].isnan()).sum())
+    heads_gone = bert_cfg.num_hidden_layers * bert_cfg.num_attention_heads - heads_now
+    heads_target = round(progress * cfg.prune_heads * bert_cfg.num_hidden_layers * bert_cfg.num_attention_heads)
+    plan = heads_to_keep(head_scores, max(heads_target - heads_gone, 0))
     prune_model(module.bert, plan)
-    prune_ffns(module.bert, neurons_to_keep(ffn_scores, cfg.prune_ffn))
-    return {"heads_per_layer": [len(h) for h in plan["bert_self"]],
+    neurons_now = sum(len(s) for s in ffn_scores)
+    neurons_gone = bert_cfg.num_hidden_layers * bert_cfg.intermediate_size - neurons_now
+    neurons_target = round(progress * cfg.prune_ffn * bert_cfg.num_hidden_layers * bert_cfg.intermediate_size)
+    prune_ffns(module.bert, neurons_to_keep(ffn_scores, max(neurons_target - neurons_gone, 0) / neurons_now))
+    return {"heads_per_layer": [len(h) for h in head_config(module.bert)["bert_self"]],
             "ffn_per_layer": [f.fc1.out_features for f in feed_forwards(module.bert)]}
 
 
 def distil(student: SentenceEncoderModule, datamodule: SentenceDataModule, cfg: PipelineConfig, name: str,
-           teacher_cache: torch.Tensor) -> dict[str, float]:
-    """Fit `student` to the cached teacher embeddings; returns the last validation's metrics."""
+           teacher_cache: torch.Tensor, epochs: int | None = None) -> dict[str, float]:
+    """Fit `student` to the cached teacher embeddings for `epochs` (default `cfg.epochs`); returns the last
+    validation's metrics."""
     student.teacher_cache = teacher_cache
     trainer = L.Trainer(
-        max_epochs=cfg.epochs, accelerator="auto", logger=TensorBoardLogger(cfg.output_dir, name=name),
+        max_epochs=epochs or cfg.epochs, accelerator="auto", logger=TensorBoardLogger(cfg.output_dir, name=name),
         callbacks=[TriangleSchedule(cfg.peak_lr, cfg.warmup)], enable_checkpointing=False,
         num_sanity_val_steps=0, log_every_n_steps=20, gradient_clip_val=1.0, enable_model_summary=False,
     )
     trainer.fit(student, datamodule)
     return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+
+
+def prune_and_distil_iteratively(teacher: SentenceEncoderModule, datamodule: SentenceDataModule,
+                                 cfg: PipelineConfig, cache: torch.Tensor) -> tuple[SentenceEncoderModule, dict, dict]:
+    """`cfg.prune_steps` rounds of (re-score, prune 1/steps of the target, distil epochs/steps): the
+    scores of later rounds see the model the earlier rounds left. Returns (student, metrics, shape)."""
+    student = copy.deepcopy(teacher)
+    attach_teacher(student, teacher)
+    metrics, shape = {}, {}
+    for step in range(1, cfg.prune_steps + 1):
+        shape = prune_by_taylor(student, datamodule, cfg, progress=step / cfg.prune_steps)
+        metrics = distil(student, datamodule, cfg, f"pruned_distilled_step{step}", cache,
+                         epochs=cfg.epochs // cfg.prune_steps)
+    return student, metrics, shape
 
 
 def sts_scores(model: SentenceEncoderModule, datamodule: SentenceDataModule) -> dict[str, float]:
@@ -211,8 +239,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     report: dict = {"title": "STS prune-then-distil", "config": asdict(cfg), "git_commit": git_commit(),
                     "languages": list(dm.sts), "latency_batch_sizes": cfg.latency_batch_sizes,
                     "train_sentences": len(dm.sentences), "rows": [], "stages_seconds": {},
-                    "notes": NOTES.format(heads=cfg.prune_heads, ffn=cfg.prune_ffn, n=len(dm.sentences),
-                                          epochs=cfg.epochs, repeats=cfg.latency_repeats)}
+                    "notes": NOTES.format(heads=cfg.prune_heads, ffn=cfg.prune_ffn, steps=_steps_phrase(cfg),
+                                          n=len(dm.sentences), epochs=cfg.epochs, repeats=cfg.latency_repeats)}
     json_paths = [out / "report.json"] + ([Path(cfg.report_json)] if cfg.report_json else [])
     models: dict[str, SentenceEncoderModule] = {}
     clock = time.perf_counter()
@@ -233,11 +261,15 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     pruned = new()
     shape = prune_by_taylor(pruned, dm, cfg)
     stage("pruned, no distillation", pruned, sts_scores(pruned, dm), **shape)
-    student = copy.deepcopy(pruned)
-    attach_teacher(student, teacher)  # the in-memory teacher, not a path to load again
-    metrics = distil(student, dm, cfg, "pruned_distilled", cache)
+    if cfg.prune_steps == 1:
+        student = copy.deepcopy(pruned)
+        attach_teacher(student, teacher)  # the in-memory teacher, not a path to load again
+        metrics = distil(student, dm, cfg, "pruned_distilled", cache)
+    else:
+        student, metrics, student_shape = prune_and_distil_iteratively(teacher, dm, cfg, cache)
     _save(student, out / "student.ckpt")
-    stage("pruned + distilled", student, _as_scores(metrics), **shape, checkpoint=str(out / "student.ckpt"))
+    stage("pruned + distilled", student, _as_scores(metrics), **(student_shape if cfg.prune_steps > 1 else shape),
+          checkpoint=str(out / "student.ckpt"))
     if cfg.baselines:
         scratch = reinitialise_module(copy.deepcopy(pruned))
         attach_teacher(scratch, teacher)
@@ -280,6 +312,13 @@ def reinitialise_module(module: SentenceEncoderModule) -> SentenceEncoderModule:
     """The module with freshly initialised encoder weights (same, possibly pruned, shapes)."""
     reinitialise(module.bert)
     return module
+
+
+def _steps_phrase(cfg: PipelineConfig) -> str:
+    if cfg.prune_steps == 1:
+        return ""
+    return (f"; the distilled student in {cfg.prune_steps} rounds of re-scoring, pruning and "
+            f"{cfg.epochs // cfg.prune_steps} distillation epoch(s), the other rows in one shot")
 
 
 def _as_scores(metrics: dict[str, float]) -> dict[str, float]:

@@ -20,7 +20,14 @@ from core.bert import BertConfig, BertModel
 from core.hf_import import default_checkpoint_dir, load_tokenizer
 from sts.data import SentenceDataModule, STSPair, read_sentences, read_sts, tokenize
 from sts.module import SentenceEncoderModule, evaluate_sts, pool, spearman_x100
-from sts.pipeline import PipelineConfig, check_config, equal_speed_comparison, markdown_table
+from sts.pipeline import (
+    PipelineConfig,
+    check_config,
+    equal_speed_comparison,
+    markdown_table,
+    prune_and_distil_iteratively,
+    prune_by_taylor,
+)
 
 TINY = {"vocab_size": 120, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 4,
         "intermediate_size": 32, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
@@ -121,6 +128,33 @@ def test_distilled_pruned_student_reloads_alone(tokenizer_file: Path, tmp_path: 
     assert reloaded.teacher is None and tokenizer_file.read_text() == tokenizer_file_text
     assert [a.num_heads for a in (layer.self_attn for layer in reloaded.bert.layers)] == [2, 1]
     torch.testing.assert_close(reloaded.encode(probe), student.encode(probe), atol=1e-6, rtol=0)
+
+
+def test_iterative_pruning_reaches_the_target_of_the_original_counts(tokenizer_file: Path, tmp_path: Path) -> None:
+    train = tmp_path / "train.txt"
+    train.write_text("\n".join(sentences(32)) + "\n")
+    sts = tmp_path / "sts.csv"
+    sts.write_text("".join(f"{a},{b},{i % 6}\n" for i, (a, b) in enumerate(zip(sentences(16), sentences(16, 2),
+                                                                                 strict=True))))
+    dm = SentenceDataModule([str(train)], {"en": str(sts)}, tokenizer=str(tokenizer_file), batch_size=16,
+                            max_length=32)
+    cfg = PipelineConfig(train_files=[str(train)], sts_files={"en": str(sts)}, score_file=str(sts), score_pairs=16,
+                         prune_heads=0.5, prune_ffn=0.5, prune_steps=2, epochs=2, output_dir=str(tmp_path / "runs"))
+    half_way = tiny_module(tokenizer_file, data_spec=dm.spec())
+    shape = prune_by_taylor(half_way, dm, cfg, progress=0.5)  # a quarter of the 8 heads and 64 neurons
+    assert sum(shape["heads_per_layer"]) == 6 and sum(shape["ffn_per_layer"]) == 48
+    teacher = tiny_module(tokenizer_file, seed=1, data_spec=dm.spec())
+    cache = teacher.encode(dm.sentences, normalized=False)
+    probe = sentences(4, 3)
+    student, metrics, shape = prune_and_distil_iteratively(teacher, dm, cfg, cache)
+    assert sum(shape["heads_per_layer"]) == 4 and sum(shape["ffn_per_layer"]) == 32
+    assert [a.num_heads for a in (layer.self_attn for layer in student.bert.layers)] == shape["heads_per_layer"]
+    assert "val/spearman_en" in metrics
+    assert not torch.allclose(student.encode(probe), teacher.encode(probe))  # pruned and trained, teacher intact
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["pruned_distilled_step1",
+                                                                     "pruned_distilled_step2"]
+    with pytest.raises(ValueError, match="prune_steps must be >= 1 and divide epochs"):
+        check_config(PipelineConfig(train_files=[], sts_files={"en": "x"}, score_file="x", epochs=3, prune_steps=2))
 
 
 def test_parallel_loss_adds_the_target_term(tokenizer_file: Path) -> None:
