@@ -8,7 +8,8 @@ Spearman x 100 between the cosine of the two embeddings and the gold score, logg
 
 Distillation (`teacher`: a HF BERT folder, encoded with the same pooling, or a
 SentenceEncoderModule checkpoint) pulls the student's pooled embedding (before normalisation)
-to the teacher's: `mse_weight` * MSE + `cosine_weight` * (1 - cosine), plus with
+to the teacher's: `mse_weight` * MSE + `cosine_weight` * (1 - cosine) (+ `similarity_weight` * MSE of the
+in-batch cosine matrices, the geometry STS reads), plus with
 `hidden_weight` > 0 an MSE between student layer l and teacher layer round(l * L_t / L_s)
 hidden states over real tokens. Batches with target sentences (parallel data, seed 003) add
 the same loss for student(target) against teacher(source). The teacher is deterministic in
@@ -57,6 +58,12 @@ def spearman_x100(predicted: Tensor | list[float], gold: Tensor | list[float]) -
     return float(spearmanr(torch.as_tensor(predicted).tolist(), torch.as_tensor(gold).tolist()).statistic * 100)
 
 
+def cosine_matrix(embeddings: Tensor) -> Tensor:
+    """(B, d) -> (B, B) cosine similarity of every pair of rows."""
+    unit = F.normalize(embeddings, dim=-1)
+    return unit @ unit.T
+
+
 def reinitialise(bert: BertModel) -> BertModel:
     """Fresh BERT initialisation of every weight, keeping the (possibly pruned) shapes: a random-init student."""
     for module in bert.modules():
@@ -79,13 +86,13 @@ class SentenceEncoderModule(BertTask, CompressionHooks, LightningModule):
         self, checkpoint_dir: str | None = None, bert_config: dict | None = None, pooling: str = "mean",
         normalize: bool = True, lr: float = 1e-4, weight_decay: float = 0.01, data_spec: dict | None = None,
         teacher: str | None = None, mse_weight: float = 1.0, cosine_weight: float = 1.0, hidden_weight: float = 0.0,
-        keep_layers: list[int] | None = None, init_from: str | None = None,
+        similarity_weight: float = 0.0, keep_layers: list[int] | None = None, init_from: str | None = None,
     ) -> None:
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-        if min(mse_weight, cosine_weight, hidden_weight) < 0:
-            raise ValueError("mse_weight, cosine_weight and hidden_weight must be >= 0")
+        if min(mse_weight, cosine_weight, hidden_weight, similarity_weight) < 0:
+            raise ValueError("mse_weight, cosine_weight, hidden_weight and similarity_weight must be >= 0")
         self.save_hyperparameters()
         spec = data_spec or {}
         if bert_config is None:
@@ -185,12 +192,16 @@ class SentenceEncoderModule(BertTask, CompressionHooks, LightningModule):
             raise ValueError(f"teacher_cache has {len(self.teacher_cache)} rows for {len(sentences)} sentences")
 
     def distill_loss(self, student: Tensor, teacher: Tensor) -> Tensor:
-        """mse_weight * MSE + cosine_weight * mean(1 - cosine) between (B, d) embeddings."""
+        """mse_weight * MSE + cosine_weight * mean(1 - cosine) between (B, d) embeddings, plus
+        similarity_weight * MSE between the in-batch cosine matrices (B, B) of student and teacher:
+        STS reads only cosines between sentences, so this term trains exactly that geometry."""
         loss = student.new_zeros(())
         if self.hparams.mse_weight:
             loss = loss + self.hparams.mse_weight * F.mse_loss(student, teacher)
         if self.hparams.cosine_weight:
             loss = loss + self.hparams.cosine_weight * (1 - F.cosine_similarity(student, teacher, dim=-1)).mean()
+        if self.hparams.similarity_weight:
+            loss = loss + self.hparams.similarity_weight * F.mse_loss(cosine_matrix(student), cosine_matrix(teacher))
         return loss
 
     def _hidden_loss(self, states: list[Tensor], teacher_states: list[Tensor], mask: Tensor) -> Tensor:

@@ -77,6 +77,7 @@ class PipelineConfig:
     mse_weight: float = 1.0
     cosine_weight: float = 1.0
     hidden_weight: float = 0.0
+    similarity_weight: float = 0.0
     baselines: bool = True
     drop_layers_keep: list[list[int]] = field(default_factory=lambda: [[0, 2, 4]])
     latency_batch_sizes: list[int] = field(default_factory=lambda: [1, 16, 64])
@@ -234,7 +235,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     new = lambda **kw: SentenceEncoderModule(checkpoint_dir=teacher_dir, data_spec=spec, pooling=cfg.pooling,  # noqa: E731
                                              lr=cfg.peak_lr,
                                              mse_weight=cfg.mse_weight, cosine_weight=cfg.cosine_weight,
-                                             hidden_weight=cfg.hidden_weight, **kw)
+                                             hidden_weight=cfg.hidden_weight,
+                                             similarity_weight=cfg.similarity_weight, **kw)
     teacher = new()
     report: dict = {"title": "STS prune-then-distil", "config": asdict(cfg), "git_commit": git_commit(),
                     "languages": list(dm.sts), "latency_batch_sizes": cfg.latency_batch_sizes,

@@ -7,6 +7,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import DATA, requires_data, save_like_lightning
 from scipy.stats import spearmanr
 from tokenizers import BertWordPieceTokenizer
@@ -155,6 +156,22 @@ def test_iterative_pruning_reaches_the_target_of_the_original_counts(tokenizer_f
                                                                      "pruned_distilled_step2"]
     with pytest.raises(ValueError, match="prune_steps must be >= 1 and divide epochs"):
         check_config(PipelineConfig(train_files=[], sts_files={"en": "x"}, score_file="x", epochs=3, prune_steps=2))
+
+
+def test_similarity_term_matches_the_cosine_geometry(tokenizer_file: Path) -> None:
+    module = tiny_module(tokenizer_file, mse_weight=0.0, cosine_weight=0.0, similarity_weight=2.0)
+    teacher = torch.randn(5, 16)
+    scaled = 3.0 * teacher  # same cosines between sentences: no similarity loss, whatever the norm
+    assert module.distill_loss(scaled, teacher).item() == pytest.approx(0.0, abs=1e-6)
+    student = torch.randn(5, 16, requires_grad=True)
+    loss = module.distill_loss(student, teacher)
+    unit_s, unit_t = F.normalize(student, dim=-1), F.normalize(teacher, dim=-1)
+    expected = 2.0 * ((unit_s @ unit_s.T - unit_t @ unit_t.T) ** 2).mean()
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert student.grad is not None and student.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="similarity_weight must be >= 0"):
+        tiny_module(tokenizer_file, similarity_weight=-1.0)
 
 
 def test_parallel_loss_adds_the_target_term(tokenizer_file: Path) -> None:
