@@ -49,6 +49,17 @@ def tiny_module(tokenizer_file: Path, seed: int = 0, **kwargs) -> SentenceEncode
     return SentenceEncoderModule(bert_config=config, **kwargs).eval()
 
 
+def tiny_datamodule(tokenizer_file: Path, folder: Path, n_train: int) -> SentenceDataModule:
+    """`n_train` crafted training sentences and 16 scored STS pairs written under `folder`."""
+    train = folder / "train.txt"
+    train.write_text("\n".join(sentences(n_train)) + "\n")
+    sts = folder / "sts.csv"
+    sts.write_text("".join(f"{a},{b},{i % 6}\n" for i, (a, b) in enumerate(zip(sentences(16), sentences(16, 2),
+                                                                                 strict=True))))
+    return SentenceDataModule([str(train)], {"en": str(sts)}, tokenizer=str(tokenizer_file), batch_size=16,
+                              max_length=32)
+
+
 def test_mean_pooling_ignores_padding(tokenizer_file: Path) -> None:
     model = tiny_module(tokenizer_file)
     short, long = "EU rejects lamb", "EU rejects German call to boycott British lamb"
@@ -103,13 +114,7 @@ def test_distilled_pruned_student_reloads_alone(tokenizer_file: Path, tmp_path: 
     teacher = tiny_module(tokenizer_file, seed=1)
     teacher_path = tmp_path / "teacher.ckpt"
     save_like_lightning(teacher, teacher_path)
-    train = tmp_path / "train.txt"
-    train.write_text("\n".join(sentences(48)) + "\n")
-    sts = tmp_path / "sts.csv"
-    sts.write_text("".join(f"{a},{b},{i % 6}\n" for i, (a, b) in enumerate(zip(sentences(16), sentences(16, 2),
-                                                                                 strict=True))))
-    dm = SentenceDataModule([str(train)], {"en": str(sts)}, tokenizer=str(tokenizer_file), batch_size=16,
-                            max_length=32)
+    dm = tiny_datamodule(tokenizer_file, tmp_path, 48)
     student = tiny_module(tokenizer_file, seed=2, teacher=str(teacher_path), data_spec=dm.spec(), lr=1e-3)
     prune_model(student.bert, {"bert_self": [[0, 2], [1]]})
     prune_ffns(student.bert, [list(range(0, 32, 2)), list(range(20))])
@@ -132,14 +137,9 @@ def test_distilled_pruned_student_reloads_alone(tokenizer_file: Path, tmp_path: 
 
 
 def test_iterative_pruning_reaches_the_target_of_the_original_counts(tokenizer_file: Path, tmp_path: Path) -> None:
-    train = tmp_path / "train.txt"
-    train.write_text("\n".join(sentences(32)) + "\n")
-    sts = tmp_path / "sts.csv"
-    sts.write_text("".join(f"{a},{b},{i % 6}\n" for i, (a, b) in enumerate(zip(sentences(16), sentences(16, 2),
-                                                                                 strict=True))))
-    dm = SentenceDataModule([str(train)], {"en": str(sts)}, tokenizer=str(tokenizer_file), batch_size=16,
-                            max_length=32)
-    cfg = PipelineConfig(train_files=[str(train)], sts_files={"en": str(sts)}, score_file=str(sts), score_pairs=16,
+    dm = tiny_datamodule(tokenizer_file, tmp_path, 32)
+    train, sts = dm.hparams.train_files[0], dm.hparams.sts_files["en"]
+    cfg = PipelineConfig(train_files=[train], sts_files={"en": sts}, score_file=sts, score_pairs=16,
                          prune_heads=0.5, prune_ffn=0.5, prune_steps=2, epochs=2, output_dir=str(tmp_path / "runs"))
     half_way = tiny_module(tokenizer_file, data_spec=dm.spec())
     shape = prune_by_taylor(half_way, dm, cfg, progress=0.5)  # a quarter of the 8 heads and 64 neurons
