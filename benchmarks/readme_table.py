@@ -48,6 +48,21 @@ def sts_rows(r: dict) -> list[str]:
                     f"| {ms['1']:.1f} / {ms['16']:.1f} / {ms['64']:.1f} | {row['speedup_b16']:.2f}× |")
     command = r.get("command", "python benchmarks/sts_prune_distill.py")
     rows.append(f"| measured at | `{r['git_commit'][:10]}`, `{command}` | | | | | |")
+    equal = r.get("equal_speed")
+    if equal and equal.get("layer_dropping_quality_at_equal_speed") is not None:
+        rows.append(f"\nAt {equal['speedup_b16']:.2f}× layer dropping (interpolated between its rows) keeps "
+                    f"{equal['layer_dropping_quality_at_equal_speed']:.2f} % of the teacher, the pruned + distilled "
+                    f"model {equal['quality_vs_teacher']:.2f} %.")
+    return rows
+
+
+def sts_variant_rows(r: dict) -> list[str]:
+    """Rows for benchmarks/results/sts_distillation_variants.json (issue 6): distillation losses compared."""
+    rows = ["| distillation of half heads + 30 % FFN, 2 epochs | Spearman en | % of teacher | command |",
+            "|---|---|---|---|"]
+    for row in r["rows"]:
+        rows.append(f"| {row['name']} | {row['spearman_en']:.2f} | {row['quality_vs_teacher']:.2f} "
+                    f"| `{row['command']}` (`{row['git_commit'][:10]}`) |")
     return rows
 
 
@@ -79,7 +94,8 @@ def nmt_kd_rows(r: dict) -> list[str]:
 
 
 TABLES = (("nmt_multi30k.json", nmt_rows), ("ner_compression.json", ner_compression_rows),
-          ("nmt_kd.json", nmt_kd_rows), ("sts_prune_distill*.json", sts_rows))
+          ("nmt_kd.json", nmt_kd_rows), ("sts_prune_distill*.json", sts_rows),
+          ("sts_distillation_variants.json", sts_variant_rows))
 
 
 def main() -> None:
