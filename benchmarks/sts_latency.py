@@ -1,0 +1,71 @@
+"""Fresh-process CPU latency of a prune-then-distil report's models (issue 6).
+
+    .venv/bin/python benchmarks/sts_latency.py --report benchmarks/results/sts_prune_distill_ffn25.json \
+        --student benchmarks/work/sts_prune_distill_ffn25/student.ckpt
+
+The pipeline times its models at the end of a long training process; this script times the same
+architectures in a new process: the teacher, the saved student checkpoint (its exact pruned shape)
+and every `kept_layers` row rebuilt from the teacher (latency depends on shapes, not on weights).
+Models alternate inside every repeat on the pipeline's real STS batches; medians. The qualities are
+the report's, so the equal-speed comparison is recomputed with these speeds. Writes
+`sts_latency__<report name>` beside the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sts.data import read_sts, tokenize  # noqa: E402
+from sts.module import SentenceEncoderModule  # noqa: E402
+from sts.pipeline import equal_speed_comparison, side_by_side_latency  # noqa: E402
+
+
+def main() -> None:
+    """Time the report's models in this process and write the JSON beside the report."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--report", required=True, help="a sts_prune_distill*.json written by the pipeline")
+    ap.add_argument("--student", required=True, help="the pipeline's student.ckpt")
+    ap.add_argument("--repeats", type=int, default=31)
+    args = ap.parse_args()
+    report = json.loads(Path(args.report).read_text())
+    cfg = report["config"]
+    teacher = SentenceEncoderModule(checkpoint_dir=cfg["teacher"], pooling=cfg["pooling"]).eval()
+    models = {"teacher": teacher,
+              "pruned + distilled": SentenceEncoderModule.load_from_checkpoint(args.student, weights_only=False,
+                                                                               teacher=None).eval()}
+    for row in report["rows"]:
+        if "kept_layers" in row:
+            models[row["name"]] = SentenceEncoderModule(checkpoint_dir=cfg["teacher"], pooling=cfg["pooling"],
+                                                        keep_layers=row["kept_layers"]).eval()
+    pairs = read_sts(next(iter(cfg["sts_files"].values())))
+    sentences = [p.sentence1 for p in pairs]
+    inputs = {b: tokenize(teacher.tokenizer, (sentences * (b // len(sentences) + 1))[:b], cfg["max_length"])
+              for b in cfg["latency_batch_sizes"]}
+    latency = side_by_side_latency(models, inputs, args.repeats)
+    quality = {r["name"]: r for r in report["rows"]}
+    rows = []
+    for name, per_batch in latency.items():
+        row = {"name": name, "latency_ms": {str(b): ms for b, ms in per_batch.items()},
+               "speedup_b16": latency["teacher"][16] / per_batch[16],
+               "quality_vs_teacher": quality[name]["quality_vs_teacher"]}
+        if "kept_layers" in quality[name]:
+            row["kept_layers"] = quality[name]["kept_layers"]
+        rows.append(row)
+        print(f"{name}: " + " / ".join(f"b{b} {ms:.1f} ms" for b, ms in per_batch.items())
+              + f"  speed-up b16 {row['speedup_b16']:.2f}x  quality {row['quality_vs_teacher']:.2f} %")
+    out = {"report": args.report, "student": args.student, "repeats": args.repeats,
+           "torch_threads": torch.get_num_threads(), "rows": rows, "equal_speed": equal_speed_comparison(rows),
+           "command": "python " + " ".join(sys.argv)}
+    print(out["equal_speed"])
+    Path(args.report).with_name("sts_latency__" + Path(args.report).name).write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
