@@ -22,9 +22,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sts.data import read_sts, tokenize  # noqa: E402
+from sts.data import read_sts  # noqa: E402
 from sts.module import SentenceEncoderModule  # noqa: E402
-from sts.pipeline import equal_speed_comparison, side_by_side_latency  # noqa: E402
+from sts.pipeline import equal_speed_comparison, sentence_batches, side_by_side_latency  # noqa: E402
 
 
 def main() -> None:
@@ -46,8 +46,7 @@ def main() -> None:
                                                         keep_layers=row["kept_layers"]).eval()
     pairs = read_sts(next(iter(cfg["sts_files"].values())))
     sentences = [p.sentence1 for p in pairs]
-    inputs = {b: tokenize(teacher.tokenizer, (sentences * (b // len(sentences) + 1))[:b], cfg["max_length"])
-              for b in cfg["latency_batch_sizes"]}
+    inputs = sentence_batches(teacher.tokenizer, sentences, cfg["latency_batch_sizes"], cfg["max_length"])
     latency = side_by_side_latency(models, inputs, args.repeats)
     quality = {r["name"]: r for r in report["rows"]}
     rows = []

@@ -33,6 +33,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
+from tokenizers import Tokenizer
 
 from compression.ffn import feed_forwards, ffn_taylor_importance, neurons_to_keep, prune_ffns
 from compression.importance import taylor_importance
@@ -186,9 +187,14 @@ def side_by_side_latency(models: dict[str, SentenceEncoderModule], inputs: dict[
 def latency_inputs(datamodule: SentenceDataModule, batch_sizes: list[int]) -> dict[int, dict]:
     """Real padded batches: the first B first-sentences of the first STS file."""
     pairs = next(iter(datamodule.sts.values()))
-    sentences = [p.sentence1 for p in pairs]
-    return {b: tokenize(datamodule.tokenizer, (sentences * (b // len(sentences) + 1))[:b],
-                        datamodule.hparams.max_length) for b in batch_sizes}
+    return sentence_batches(datamodule.tokenizer, [p.sentence1 for p in pairs], batch_sizes,
+                            datamodule.hparams.max_length)
+
+
+def sentence_batches(tokenizer: Tokenizer, sentences: list[str], batch_sizes: list[int],
+                     max_length: int) -> dict[int, dict]:
+    """{B: the first B `sentences` (cycled if fewer) tokenized and padded}: timing inputs."""
+    return {b: tokenize(tokenizer, (sentences * (b // len(sentences) + 1))[:b], max_length) for b in batch_sizes}
 
 
 def write_report(report: dict, json_paths: list[Path]) -> None:
