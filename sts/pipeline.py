@@ -118,18 +118,20 @@ def prune_by_taylor(module: SentenceEncoderModule, datamodule: SentenceDataModul
     loss = lambda _network, batch: sts_regression_loss(module, batch)  # noqa: E731
     head_scores = taylor_importance(module.bert, batches, loss, types=["bert_self"])
     ffn_scores = ffn_taylor_importance(module.bert, batches, loss)
-    bert_cfg = module.bert.cfg
+    layers = module.bert.cfg.num_hidden_layers
     heads_now = int((~head_scores["bert_self"].isnan()).sum())
-    heads_gone = bert_cfg.num_hidden_layers * bert_cfg.num_attention_heads - heads_now
-    heads_target = round(progress * cfg.prune_heads * bert_cfg.num_hidden_layers * bert_cfg.num_attention_heads)
-    plan = heads_to_keep(head_scores, max(heads_target - heads_gone, 0))
-    prune_model(module.bert, plan)
+    more_heads = _still_to_remove(layers * module.bert.cfg.num_attention_heads, heads_now, cfg.prune_heads, progress)
+    prune_model(module.bert, heads_to_keep(head_scores, more_heads))
     neurons_now = sum(len(s) for s in ffn_scores)
-    neurons_gone = bert_cfg.num_hidden_layers * bert_cfg.intermediate_size - neurons_now
-    neurons_target = round(progress * cfg.prune_ffn * bert_cfg.num_hidden_layers * bert_cfg.intermediate_size)
-    prune_ffns(module.bert, neurons_to_keep(ffn_scores, max(neurons_target - neurons_gone, 0) / neurons_now))
+    more_neurons = _still_to_remove(layers * module.bert.cfg.intermediate_size, neurons_now, cfg.prune_ffn, progress)
+    prune_ffns(module.bert, neurons_to_keep(ffn_scores, more_neurons / neurons_now))
     return {"heads_per_layer": [len(h) for h in head_config(module.bert)["bert_self"]],
             "ffn_per_layer": [f.fc1.out_features for f in feed_forwards(module.bert)]}
+
+
+def _still_to_remove(original: int, now: int, fraction: float, progress: float) -> int:
+    """How many more units to cut so that `progress` x `fraction` of the `original` count are gone."""
+    return max(round(progress * fraction * original) - (original - now), 0)
 
 
 def distil(student: SentenceEncoderModule, datamodule: SentenceDataModule, cfg: PipelineConfig, name: str,
