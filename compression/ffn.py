@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from compression.importance import normalise_per_layer
 from compression.prune import _slice_linear
+from compression.ranking import keep_per_layer
 from core.layers import FeedForward
 
 KEPT_NEURONS_ATTR = "kept_neurons"
@@ -91,18 +92,8 @@ def neurons_to_keep(importance: Sequence[Tensor], prune: float) -> list[list[int
     if isinstance(prune, bool) or not isinstance(prune, int | float) or not 0.0 <= prune < 1.0:
         raise ValueError(f"FFN prune fraction must be a number in [0, 1), got {prune!r}: "
                          "pruning every neuron would leave nothing")
-    entries = sorted((float(v), layer, j) for layer, s in enumerate(importance) for j, v in enumerate(s.tolist()))
-    total = len(entries)
-    budget = math.floor(prune * total + 0.5)
-    left = [len(s) for s in importance]
-    drop: set[tuple[int, int]] = set()
-    for _, layer, j in entries:
-        if len(drop) == budget:
-            break
-        if left[layer] > 1:  # an empty FFN would make the layer's output its bias only
-            drop.add((layer, j))
-            left[layer] -= 1
-    return [[j for j in range(len(s)) if (layer, j) not in drop] for layer, s in enumerate(importance)]
+    total = sum(len(s) for s in importance)
+    return keep_per_layer(importance, total - math.floor(prune * total + 0.5))
 
 
 @torch.no_grad()

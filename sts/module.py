@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from compression.distill import freeze_teacher
 from compression.spec import CompressionHooks
-from compression.student import attach_teacher, get_teacher, parameter_line, save_kd
+from compression.student import attach_teacher, get_teacher, keep_bert_layers, parameter_line, save_kd
 from core.bert import BertConfig, BertModel
 from core.bert_task import BertTask
 from core.hf_import import check_vocab_size, default_checkpoint_dir, load_bert
@@ -103,7 +103,7 @@ class SentenceEncoderModule(BertTask, CompressionHooks, LightningModule):
         else:
             self.bert = BertModel(BertConfig.from_dict(bert_config))
         if keep_layers is not None:
-            self._drop_layers(keep_layers)
+            keep_bert_layers(self.bert, keep_layers)
         # Written back so a checkpoint rebuilds the architecture without the folder.
         self.hparams["bert_config"] = self.bert.cfg.to_dict()
         self.hparams["data_spec"] = spec
@@ -112,13 +112,6 @@ class SentenceEncoderModule(BertTask, CompressionHooks, LightningModule):
         self._val: dict[int, list[Tensor]] = {}
         self.setup_compression(None, init_from, 0.0)
         attach_teacher(self, self._load_teacher(teacher) if teacher else None)
-
-    def _drop_layers(self, keep: list[int]) -> None:
-        n = len(self.bert.layers)
-        if not keep or len(set(keep)) != len(keep) or not all(0 <= i < n for i in keep):
-            raise ValueError(f"keep_layers must be distinct indices in [0, {n}) and not empty, got {keep}")
-        self.bert.layers = nn.ModuleList([self.bert.layers[i] for i in sorted(keep)])
-        self.bert.cfg.num_hidden_layers = len(keep)
 
     def _load_teacher(self, path: str) -> SentenceEncoderModule:
         if Path(path).is_dir():

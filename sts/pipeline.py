@@ -35,11 +35,13 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from tokenizers import Tokenizer
 
-from compression.ffn import feed_forwards, ffn_taylor_importance, neurons_to_keep, prune_ffns
+from compression.ffn import feed_forwards, ffn_taylor_importance, prune_ffns
 from compression.importance import taylor_importance
-from compression.prune import head_config, heads_to_keep, prune_model
+from compression.prune import head_config, prune_model
+from compression.ranking import keep_per_layer, layers_to_drop
 from compression.report import flops_per_token, parameter_counts
 from compression.student import attach_teacher
+from core.bert import BertConfig
 from core.hf_import import default_checkpoint_dir
 from core.schedules import TriangleSchedule
 from core.training import git_commit
@@ -69,6 +71,9 @@ class PipelineConfig:
     prune_heads: float = 0.5
     prune_ffn: float = 0.5
     prune_steps: int = 1
+    drop_layers: int = 0
+    head_multiple: int = 1
+    ffn_multiple: int = 1
     max_sentences: int | None = None
     max_length: int = 128
     batch_size: int = 64
@@ -98,6 +103,9 @@ def check_config(cfg: PipelineConfig) -> None:
         raise ValueError("sts_files must name at least one STS file ({language: csv})")
     if cfg.epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {cfg.epochs}")
+    if cfg.drop_layers < 0 or cfg.head_multiple < 1 or cfg.ffn_multiple < 1:
+        raise ValueError(f"drop_layers must be >= 0 and head_multiple, ffn_multiple >= 1, got {cfg.drop_layers}, "
+                         f"{cfg.head_multiple}, {cfg.ffn_multiple}")
     if cfg.prune_steps < 1 or cfg.epochs % cfg.prune_steps:
         raise ValueError(f"prune_steps must be >= 1 and divide epochs ({cfg.epochs}), got {cfg.prune_steps}: "
                          "every pruning round is followed by the same number of distillation epochs")
@@ -109,29 +117,41 @@ def sts_regression_loss(module: SentenceEncoderModule, batch: dict) -> torch.Ten
     return F.mse_loss(cosine, batch["score"] / 5.0)
 
 
+def scoring_batches(datamodule: SentenceDataModule, cfg: PipelineConfig) -> list[dict]:
+    """The first `cfg.score_pairs` pairs of `cfg.score_file` as STS batches: the data every choice is scored on."""
+    return list(datamodule.sts_loader(read_sts(cfg.score_file)[: cfg.score_pairs]))
+
+
+def choose_layers(teacher: SentenceEncoderModule, datamodule: SentenceDataModule, cfg: PipelineConfig) -> list[int]:
+    """The teacher's layers the pruned students keep: all but the `cfg.drop_layers` whose removal raises the
+    STS regression loss least."""
+    loss = lambda batch: sts_regression_loss(teacher, batch)  # noqa: E731
+    dropped = layers_to_drop(teacher.bert, scoring_batches(datamodule, cfg), loss, cfg.drop_layers)
+    return [i for i in range(teacher.bert.cfg.num_hidden_layers) if i not in dropped]
+
+
 def prune_by_taylor(module: SentenceEncoderModule, datamodule: SentenceDataModule, cfg: PipelineConfig,
-                    progress: float = 1.0) -> dict:
+                    original: BertConfig, progress: float = 1.0) -> dict:
     """Score on `cfg.score_pairs` STS pairs, then prune in place until `progress` x the configured head and
-    FFN fractions of the *original* counts are gone (progress < 1: a step of iterative pruning)."""
-    pairs = read_sts(cfg.score_file)[: cfg.score_pairs]
-    batches = list(datamodule.sts_loader(pairs))
+    FFN fractions of the `original` (teacher's) counts are gone (progress < 1: a step of iterative pruning;
+    heads and neurons of layers dropped before count as gone). Widths are multiples of `cfg.head_multiple`
+    heads and `cfg.ffn_multiple` neurons (`keep_per_layer`)."""
+    batches = scoring_batches(datamodule, cfg)
     loss = lambda _network, batch: sts_regression_loss(module, batch)  # noqa: E731
-    head_scores = taylor_importance(module.bert, batches, loss, types=["bert_self"])
+    head_scores = taylor_importance(module.bert, batches, loss, types=["bert_self"])["bert_self"]
     ffn_scores = ffn_taylor_importance(module.bert, batches, loss)
-    layers = module.bert.cfg.num_hidden_layers
-    heads_now = int((~head_scores["bert_self"].isnan()).sum())
-    more_heads = _still_to_remove(layers * module.bert.cfg.num_attention_heads, heads_now, cfg.prune_heads, progress)
-    prune_model(module.bert, heads_to_keep(head_scores, more_heads))
-    neurons_now = sum(len(s) for s in ffn_scores)
-    more_neurons = _still_to_remove(layers * module.bert.cfg.intermediate_size, neurons_now, cfg.prune_ffn, progress)
-    prune_ffns(module.bert, neurons_to_keep(ffn_scores, more_neurons / neurons_now))
+    layers = original.num_hidden_layers
+    heads = _kept_target(layers * original.num_attention_heads, cfg.prune_heads, progress)
+    prune_model(module.bert, {"bert_self": keep_per_layer(list(head_scores), heads, cfg.head_multiple)})
+    neurons = _kept_target(layers * original.intermediate_size, cfg.prune_ffn, progress)
+    prune_ffns(module.bert, keep_per_layer(ffn_scores, neurons, cfg.ffn_multiple))
     return {"heads_per_layer": [len(h) for h in head_config(module.bert)["bert_self"]],
             "ffn_per_layer": [f.fc1.out_features for f in feed_forwards(module.bert)]}
 
 
-def _still_to_remove(original: int, now: int, fraction: float, progress: float) -> int:
-    """How many more units to cut so that `progress` x `fraction` of the `original` count are gone."""
-    return max(round(progress * fraction * original) - (original - now), 0)
+def _kept_target(original: int, fraction: float, progress: float) -> int:
+    """How many units remain once `progress` x `fraction` of the `original` count are gone."""
+    return original - round(progress * fraction * original)
 
 
 def distil(student: SentenceEncoderModule, datamodule: SentenceDataModule, cfg: PipelineConfig, name: str,
@@ -148,15 +168,17 @@ def distil(student: SentenceEncoderModule, datamodule: SentenceDataModule, cfg: 
     return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
 
 
-def prune_and_distil_iteratively(teacher: SentenceEncoderModule, datamodule: SentenceDataModule,
-                                 cfg: PipelineConfig, cache: torch.Tensor) -> tuple[SentenceEncoderModule, dict, dict]:
-    """`cfg.prune_steps` rounds of (re-score, prune 1/steps of the target, distil epochs/steps): the
-    scores of later rounds see the model the earlier rounds left. Returns (student, metrics, shape)."""
-    student = copy.deepcopy(teacher)
+def prune_and_distil_iteratively(start: SentenceEncoderModule, teacher: SentenceEncoderModule,
+                                 datamodule: SentenceDataModule, cfg: PipelineConfig,
+                                 cache: torch.Tensor) -> tuple[SentenceEncoderModule, dict, dict]:
+    """`cfg.prune_steps` rounds of (re-score, prune 1/steps of the target, distil epochs/steps) from the
+    unpruned `start` (the teacher, or its kept layers): the scores of later rounds see the model the
+    earlier rounds left. Returns (student, metrics, shape)."""
+    student = copy.deepcopy(start)
     attach_teacher(student, teacher)
     metrics, shape = {}, {}
     for step in range(1, cfg.prune_steps + 1):
-        shape = prune_by_taylor(student, datamodule, cfg, progress=step / cfg.prune_steps)
+        shape = prune_by_taylor(student, datamodule, cfg, teacher.bert.cfg, progress=step / cfg.prune_steps)
         metrics = distil(student, datamodule, cfg, f"pruned_distilled_step{step}", cache,
                          epochs=cfg.epochs // cfg.prune_steps)
     return student, metrics, shape
@@ -268,18 +290,20 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     stage("teacher", teacher, sts_scores(teacher, dm))
     cache = teacher.encode(dm.sentences, normalized=False)
     stage("teacher embedding cache", None, None)
-    pruned = new()
-    shape = prune_by_taylor(pruned, dm, cfg)
+    kept = choose_layers(teacher, dm, cfg) if cfg.drop_layers else None
+    pruned = new(keep_layers=kept)
+    unpruned = copy.deepcopy(pruned) if cfg.prune_steps > 1 else None  # where iterative pruning starts
+    shape = {**({"encoder_layers": kept} if kept else {}), **prune_by_taylor(pruned, dm, cfg, teacher.bert.cfg)}
     stage("pruned, no distillation", pruned, sts_scores(pruned, dm), **shape)
     if cfg.prune_steps == 1:
         student = copy.deepcopy(pruned)
         attach_teacher(student, teacher)  # the in-memory teacher, not a path to load again
         metrics = distil(student, dm, cfg, "pruned_distilled", cache)
     else:
-        student, metrics, student_shape = prune_and_distil_iteratively(teacher, dm, cfg, cache)
+        student, metrics, student_shape = prune_and_distil_iteratively(unpruned, teacher, dm, cfg, cache)
     _save(student, out / "student.ckpt")
-    stage("pruned + distilled", student, _as_scores(metrics), **(student_shape if cfg.prune_steps > 1 else shape),
-          checkpoint=str(out / "student.ckpt"))
+    final_shape = {**shape, **student_shape} if cfg.prune_steps > 1 else shape
+    stage("pruned + distilled", student, _as_scores(metrics), **final_shape, checkpoint=str(out / "student.ckpt"))
     if cfg.baselines:
         scratch = reinitialise_module(copy.deepcopy(pruned))
         attach_teacher(scratch, teacher)
@@ -325,10 +349,17 @@ def reinitialise_module(module: SentenceEncoderModule) -> SentenceEncoderModule:
 
 
 def _steps_phrase(cfg: PipelineConfig) -> str:
-    if cfg.prune_steps == 1:
-        return ""
-    return (f"; the distilled student in {cfg.prune_steps} rounds of re-scoring, pruning and "
-            f"{cfg.epochs // cfg.prune_steps} distillation epoch(s), the other rows in one shot")
+    """How the pruning was done beyond one-shot unit ranking, for the report's notes."""
+    phrase = ""
+    if cfg.drop_layers:
+        phrase += (f"; first the {cfg.drop_layers} whole layer(s) whose removal raises the STS loss least, "
+                   "counted in the fractions")
+    if cfg.head_multiple > 1 or cfg.ffn_multiple > 1:
+        phrase += f"; widths in blocks of {cfg.head_multiple} heads / {cfg.ffn_multiple} FFN neurons"
+    if cfg.prune_steps > 1:
+        phrase += (f"; the distilled student in {cfg.prune_steps} rounds of re-scoring, pruning and "
+                   f"{cfg.epochs // cfg.prune_steps} distillation epoch(s), the other rows in one shot")
+    return phrase
 
 
 def _as_scores(metrics: dict[str, float]) -> dict[str, float]:

@@ -142,12 +142,12 @@ def test_iterative_pruning_reaches_the_target_of_the_original_counts(tokenizer_f
     cfg = PipelineConfig(train_files=[train], sts_files={"en": sts}, score_file=sts, score_pairs=16,
                          prune_heads=0.5, prune_ffn=0.5, prune_steps=2, epochs=2, output_dir=str(tmp_path / "runs"))
     half_way = tiny_module(tokenizer_file, data_spec=dm.spec())
-    shape = prune_by_taylor(half_way, dm, cfg, progress=0.5)  # a quarter of the 8 heads and 64 neurons
+    shape = prune_by_taylor(half_way, dm, cfg, half_way.bert.cfg, progress=0.5)  # a quarter of 8 heads, 64 neurons
     assert sum(shape["heads_per_layer"]) == 6 and sum(shape["ffn_per_layer"]) == 48
     teacher = tiny_module(tokenizer_file, seed=1, data_spec=dm.spec())
     cache = teacher.encode(dm.sentences, normalized=False)
     probe = sentences(4, 3)
-    student, metrics, shape = prune_and_distil_iteratively(teacher, dm, cfg, cache)
+    student, metrics, shape = prune_and_distil_iteratively(teacher, teacher, dm, cfg, cache)
     assert sum(shape["heads_per_layer"]) == 4 and sum(shape["ffn_per_layer"]) == 32
     assert [a.num_heads for a in (layer.self_attn for layer in student.bert.layers)] == shape["heads_per_layer"]
     assert "val/spearman_en" in metrics
