@@ -78,5 +78,5 @@ def test_pipeline_drops_a_layer_then_prunes_aligned_widths_of_the_original_count
     shape = prune_by_taylor(student, dm, cfg, teacher.bert.cfg)
     assert shape == {"heads_per_layer": [2], "ffn_per_layer": [16]}  # a quarter of 8 heads and of 64 neurons
     with pytest.raises(ValueError, match="less than one block of 8 per layer"):
-        prune_by_taylor(tiny_module(tokenizer_file, data_spec=dm.spec()), dm,
-                        PipelineConfig(**{**cfg.__dict__, "drop_layers": 0, "prune_ffn": 0.9}), teacher.bert.cfg)
+        too_far = PipelineConfig(**{**cfg.__dict__, "drop_layers": 0, "prune_heads": 0.5, "prune_ffn": 0.9})
+        prune_by_taylor(tiny_module(tokenizer_file, data_spec=dm.spec()), dm, too_far, teacher.bert.cfg)
