@@ -66,6 +66,23 @@ def sts_variant_rows(r: dict) -> list[str]:
     return rows
 
 
+def sts_latency_rows(r: dict) -> list[str]:
+    """Rows for benchmarks/results/sts_latency__*.json (issue 6): the report's models timed in a fresh process."""
+    rows = [f"| fresh-process latency, {r['repeats']} repeats ({Path(r['report']).name}) | ms batch 1 / 16 / 64 "
+            "| speed-up (b16) | % of teacher (en) |", "|---|---|---|---|"]
+    for row in r["rows"]:
+        ms = row["latency_ms"]
+        rows.append(f"| {row['name']} | {ms['1']:.1f} / {ms['16']:.1f} / {ms['64']:.1f} | {row['speedup_b16']:.2f}× "
+                    f"| {row['quality_vs_teacher']:.2f} |")
+    rows.append(f"| measured with | `{r['command']}` | | |")
+    equal = r.get("equal_speed")
+    if equal and equal.get("layer_dropping_quality_at_equal_speed") is not None:
+        rows.append(f"\nAt {equal['speedup_b16']:.2f}× layer dropping (interpolated between its rows) keeps "
+                    f"{equal['layer_dropping_quality_at_equal_speed']:.2f} % of the teacher, the pruned + distilled "
+                    f"model {equal['quality_vs_teacher']:.2f} %.")
+    return rows
+
+
 def ner_compression_rows(r: dict) -> list[str]:
     """Rows for benchmarks/results/ner_compression.json (issue 4), one per compressed tagger."""
     rows = ["| CoNLL-2003 compression (teacher: MiniLM tagger) | params | test F1 | Δ F1 (points) | dev F1 "
@@ -95,7 +112,7 @@ def nmt_kd_rows(r: dict) -> list[str]:
 
 TABLES = (("nmt_multi30k.json", nmt_rows), ("ner_compression.json", ner_compression_rows),
           ("nmt_kd.json", nmt_kd_rows), ("sts_prune_distill*.json", sts_rows),
-          ("sts_distillation_variants.json", sts_variant_rows))
+          ("sts_latency__*.json", sts_latency_rows), ("sts_distillation_variants.json", sts_variant_rows))
 
 
 def main() -> None:
