@@ -301,7 +301,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         metrics = distil(student, dm, cfg, "pruned_distilled", cache)
     else:
         student, metrics, student_shape = prune_and_distil_iteratively(unpruned, teacher, dm, cfg, cache)
-    _save(student, out / "student.ckpt")
+    save_checkpoint(student, out / "student.ckpt")
     final_shape = {**shape, **student_shape} if cfg.prune_steps > 1 else shape
     stage("pruned + distilled", student, _as_scores(metrics), **final_shape, checkpoint=str(out / "student.ckpt"))
     if cfg.baselines:
@@ -366,7 +366,7 @@ def _as_scores(metrics: dict[str, float]) -> dict[str, float]:
     return {k.removeprefix("val/"): v for k, v in metrics.items() if k.startswith("val/spearman_")}
 
 
-def _save(module: SentenceEncoderModule, path: Path) -> None:
+def save_checkpoint(module: SentenceEncoderModule, path: Path) -> None:
     """What Trainer.save_checkpoint stores for the model: weights, hyper-parameters, module hooks."""
     ckpt = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
             "pytorch-lightning_version": L.__version__}
