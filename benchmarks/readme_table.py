@@ -6,7 +6,12 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sts.pipeline import equal_speed_lines  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -48,12 +53,7 @@ def sts_rows(r: dict) -> list[str]:
                     f"| {ms['1']:.1f} / {ms['16']:.1f} / {ms['64']:.1f} | {row['speedup_b16']:.2f}× |")
     command = r.get("command", "python benchmarks/sts_prune_distill.py")
     rows.append(f"| measured at | `{r['git_commit'][:10]}`, `{command}` | | | | | |")
-    equal = r.get("equal_speed")
-    if equal and equal.get("layer_dropping_quality_at_equal_speed") is not None:
-        rows.append(f"\nAt {equal['speedup_b16']:.2f}× layer dropping (interpolated between its rows) keeps "
-                    f"{equal['layer_dropping_quality_at_equal_speed']:.2f} % of the teacher, the pruned + distilled "
-                    f"model {equal['quality_vs_teacher']:.2f} %.")
-    return rows
+    return rows + _equal_speed(r["rows"])
 
 
 def sts_variant_rows(r: dict) -> list[str]:
@@ -75,12 +75,14 @@ def sts_latency_rows(r: dict) -> list[str]:
         rows.append(f"| {row['name']} | {ms['1']:.1f} / {ms['16']:.1f} / {ms['64']:.1f} | {row['speedup_b16']:.2f}× "
                     f"| {row['quality_vs_teacher']:.2f} |")
     rows.append(f"| measured with | `{r['command']}` | | |")
-    equal = r.get("equal_speed")
-    if equal and equal.get("layer_dropping_quality_at_equal_speed") is not None:
-        rows.append(f"\nAt {equal['speedup_b16']:.2f}× layer dropping (interpolated between its rows) keeps "
-                    f"{equal['layer_dropping_quality_at_equal_speed']:.2f} % of the teacher, the pruned + distilled "
-                    f"model {equal['quality_vs_teacher']:.2f} %.")
-    return rows
+    return rows + _equal_speed(r["rows"])
+
+
+def _equal_speed(rows: list[dict]) -> list[str]:
+    """The pruned model vs layer dropping at its speed, per batch size, recomputed from the rows' latencies."""
+    sizes = [int(b) for b in next((r["latency_ms"] for r in rows if "latency_ms" in r), {})]
+    lines = equal_speed_lines(rows, sizes)
+    return ["", *(f"{line}  " for line in lines)] if lines else []
 
 
 def ner_compression_rows(r: dict) -> list[str]:

@@ -24,7 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sts.data import read_sts  # noqa: E402
 from sts.module import SentenceEncoderModule  # noqa: E402
-from sts.pipeline import equal_speed_comparison, sentence_batches, side_by_side_latency  # noqa: E402
+from sts.pipeline import (  # noqa: E402
+    equal_speed_comparison,
+    equal_speed_lines,
+    sentence_batches,
+    side_by_side_latency,
+)
 
 
 def main() -> None:
@@ -60,9 +65,10 @@ def main() -> None:
         print(f"{name}: " + " / ".join(f"b{b} {ms:.1f} ms" for b, ms in per_batch.items())
               + f"  speed-up b16 {row['speedup_b16']:.2f}x  quality {row['quality_vs_teacher']:.2f} %")
     out = {"report": args.report, "student": args.student, "repeats": args.repeats,
-           "torch_threads": torch.get_num_threads(), "rows": rows, "equal_speed": equal_speed_comparison(rows),
+           "torch_threads": torch.get_num_threads(), "rows": rows,
+           "equal_speed": [equal_speed_comparison(rows, b) for b in inputs],
            "command": "python " + " ".join(sys.argv)}
-    print(out["equal_speed"])
+    print("\n".join(equal_speed_lines(rows, list(inputs))))
     Path(args.report).with_name("sts_latency__" + Path(args.report).name).write_text(json.dumps(out, indent=2))
 
 

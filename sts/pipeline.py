@@ -245,11 +245,9 @@ def markdown_table(report: dict) -> str:
         cells.append(f"{row.get('speedup_b16', float('nan')):.2f}×")
         lines.append("| " + " | ".join(cells) + " |")
     notes = report.get("notes", "")
-    equal = report.get("equal_speed")
-    if equal and equal["layer_dropping_quality_at_equal_speed"] is not None:
-        notes += (f"\n\nAt {equal['model']}'s speed ({equal['speedup_b16']:.2f}x at batch 16) layer dropping, "
-                  f"interpolated between its measured rows, keeps {equal['layer_dropping_quality_at_equal_speed']:.2f} "
-                  f"% of the teacher; {equal['model']} keeps {equal['quality_vs_teacher']:.2f} %.")
+    lines_equal = equal_speed_lines(report.get("rows", []), sizes)
+    if lines_equal:
+        notes += "\n\n" + "\n".join(lines_equal)
     return f"# {report.get('title', 'STS prune-then-distil')}\n\n" + "\n".join(lines) + f"\n\n{notes}\n"
 
 
@@ -315,31 +313,53 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
             stage(f"layers {keep} kept + distilled", dropped,
                   _as_scores(distil(dropped, dm, cfg, f"layer_drop_{len(keep)}_distilled", cache)), kept_layers=keep)
     _measure(report, models, latency_inputs(dm, cfg.latency_batch_sizes), cfg.latency_repeats)
-    report["equal_speed"] = equal_speed_comparison(report["rows"])
+    report["equal_speed"] = [equal_speed_comparison(report["rows"], b) for b in cfg.latency_batch_sizes]
     stage("size and latency", None, None)
     return report
 
 
-def equal_speed_comparison(rows: list[dict], name: str = "pruned + distilled") -> dict | None:
-    """The layer-dropping quality at the speed of row `name`: linear between the measured points.
+def equal_speed_comparison(rows: list[dict], batch_size: int = 16, name: str = "pruned + distilled") -> dict | None:
+    """The layer-dropping quality at the speed of row `name` at `batch_size`: linear between the measured points.
 
-    The layer-dropping curve is the teacher (all layers, 1.0x) plus every `kept_layers` row, as
-    (speed-up at batch 16, % of the teacher). Beyond the fastest measured point it is not
-    extrapolated (None): the comparison needs a baseline at least as fast as the pruned model.
+    Speed = the teacher's median ms / the row's at that batch size (`latency_ms`). The layer-dropping
+    curve is the teacher (all layers, 1.0x) plus every `kept_layers` row, as (speed-up, % of the
+    teacher). Beyond the fastest measured point it is not extrapolated (None): the comparison needs
+    a baseline at least as fast as the pruned model. The verdict can differ by batch size: width
+    pruning trims attention (more of the cost in long padded batches), layer dropping also the
+    fixed per-layer cost (more of it in small batches).
     """
+    ms = {r["name"]: r["latency_ms"][str(batch_size)] for r in rows if str(batch_size) in r.get("latency_ms", {})}
     row = next((r for r in rows if r["name"] == name), None)
-    curve = sorted((r["speedup_b16"], r["quality_vs_teacher"]) for r in rows
-                   if ("kept_layers" in r or r["name"] == "teacher") and "quality_vs_teacher" in r)
-    if row is None or "quality_vs_teacher" not in row or len(curve) < 2:
+    if "teacher" not in ms or row is None or name not in ms or "quality_vs_teacher" not in row:
         return None
-    speed = row["speedup_b16"]
+    curve = sorted((ms["teacher"] / ms[r["name"]], r["quality_vs_teacher"]) for r in rows
+                   if ("kept_layers" in r or r["name"] == "teacher") and r["name"] in ms and "quality_vs_teacher" in r)
+    speed = ms["teacher"] / ms[name]
     at_speed = None
     for (s0, q0), (s1, q1) in pairwise(curve):
         if s0 <= speed <= s1:
             at_speed = q0 + (q1 - q0) * (speed - s0) / (s1 - s0) if s1 > s0 else max(q0, q1)
-    return {"model": name, "speedup_b16": speed, "quality_vs_teacher": row["quality_vs_teacher"],
+    return {"model": name, "batch_size": batch_size, "speedup": speed, "quality_vs_teacher": row["quality_vs_teacher"],
             "layer_dropping_quality_at_equal_speed": at_speed,
             "beats_layer_dropping": None if at_speed is None else row["quality_vs_teacher"] > at_speed}
+
+
+def equal_speed_lines(rows: list[dict], batch_sizes: list[int]) -> list[str]:
+    """One sentence per batch size comparing the pruned model with layer dropping at its speed."""
+    lines = []
+    for b in batch_sizes:
+        equal = equal_speed_comparison(rows, b)
+        if equal is None:
+            continue
+        if equal["layer_dropping_quality_at_equal_speed"] is None:
+            lines.append(f"Batch {b}: {equal['model']} runs at {equal['speedup']:.2f}x, outside the measured "
+                         "layer-dropping range (no verdict).")
+            continue
+        verdict = "beats" if equal["beats_layer_dropping"] else "does not beat"
+        lines.append(f"Batch {b}: at {equal['model']}'s speed ({equal['speedup']:.2f}x) layer dropping, interpolated "
+                     f"between its measured rows, keeps {equal['layer_dropping_quality_at_equal_speed']:.2f} % of the "
+                     f"teacher; {equal['model']} keeps {equal['quality_vs_teacher']:.2f} % ({verdict} it).")
+    return lines
 
 
 def reinitialise_module(module: SentenceEncoderModule) -> SentenceEncoderModule:

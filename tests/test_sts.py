@@ -211,18 +211,22 @@ def test_layer_dropped_student_aligns_hidden_states_and_reloads(tokenizer_file: 
 
 
 def test_equal_speed_comparison_interpolates_the_layer_dropping_curve() -> None:
-    rows = [{"name": "teacher", "speedup_b16": 1.0, "quality_vs_teacher": 100.0},
-            {"name": "pruned + distilled", "speedup_b16": 1.6, "quality_vs_teacher": 99.0},
-            {"name": "layers [0, 2, 3, 5] kept + distilled", "kept_layers": [0, 2, 3, 5], "speedup_b16": 1.5,
-             "quality_vs_teacher": 99.5},
-            {"name": "layers [0, 2, 4] kept + distilled", "kept_layers": [0, 2, 4], "speedup_b16": 2.0,
-             "quality_vs_teacher": 97.5}]
+    def row(name: str, b16_ms: float, quality: float, **extra) -> dict:
+        return {"name": name, "latency_ms": {"16": b16_ms, "64": 4 * b16_ms}, "quality_vs_teacher": quality, **extra}
+    rows = [row("teacher", 32.0, 100.0), row("pruned + distilled", 20.0, 99.0),  # 1.6x
+            row("layers [0, 2, 3, 5] kept + distilled", 32.0 / 1.5, 99.5, kept_layers=[0, 2, 3, 5]),
+            row("layers [0, 2, 4] kept + distilled", 16.0, 97.5, kept_layers=[0, 2, 4])]
     equal = equal_speed_comparison(rows)
+    assert equal["speedup"] == pytest.approx(1.6)
     assert equal["layer_dropping_quality_at_equal_speed"] == pytest.approx(99.1)  # 99.5 - 0.2 * 2.0
     assert equal["beats_layer_dropping"] is False
-    assert "keeps 99.10 %" in markdown_table({"rows": rows, "equal_speed": equal})
-    rows[1]["speedup_b16"] = 2.2  # faster than every layer-dropping row: no extrapolated verdict
+    rows[1]["latency_ms"]["64"] = 4 * 32.0 / 1.2  # at batch 64 the pruned model is slower: 1.2x
+    assert equal_speed_comparison(rows, 64)["layer_dropping_quality_at_equal_speed"] == pytest.approx(99.8)
+    table = markdown_table({"rows": rows, "latency_batch_sizes": [16, 64]})
+    assert "keeps 99.10 %" in table and "(does not beat it)" in table and "keeps 99.80 %" in table
+    rows[1]["latency_ms"]["16"] = 32.0 / 2.2  # faster than every layer-dropping row: no extrapolated verdict
     assert equal_speed_comparison(rows)["beats_layer_dropping"] is None
+    assert "outside the measured layer-dropping range" in markdown_table({"rows": rows, "latency_batch_sizes": [16]})
 
 
 def test_bad_inputs_give_one_clear_error(tokenizer_file: Path, tmp_path: Path) -> None:
