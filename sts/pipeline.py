@@ -334,6 +334,8 @@ def equal_speed_comparison(rows: list[dict], batch_size: int = 16, name: str = "
         return None
     curve = sorted((ms["teacher"] / ms[r["name"]], r["quality_vs_teacher"]) for r in rows
                    if ("kept_layers" in r or r["name"] == "teacher") and r["name"] in ms and "quality_vs_teacher" in r)
+    if len(curve) < 2:  # no layer-dropping row to compare with
+        return None
     speed = ms["teacher"] / ms[name]
     at_speed = None
     for (s0, q0), (s1, q1) in pairwise(curve):

@@ -227,6 +227,7 @@ def test_equal_speed_comparison_interpolates_the_layer_dropping_curve() -> None:
     rows[1]["latency_ms"]["16"] = 32.0 / 2.2  # faster than every layer-dropping row: no extrapolated verdict
     assert equal_speed_comparison(rows)["beats_layer_dropping"] is None
     assert "outside the measured layer-dropping range" in markdown_table({"rows": rows, "latency_batch_sizes": [16]})
+    assert equal_speed_comparison(rows[:2]) is None  # no layer-dropping row at all
 
 
 def test_bad_inputs_give_one_clear_error(tokenizer_file: Path, tmp_path: Path) -> None:
