@@ -8,7 +8,9 @@ architectures in a new process: the teacher, the saved student checkpoint (its e
 and every `kept_layers` row rebuilt from the teacher (latency depends on shapes, not on weights).
 Models alternate inside every repeat on the pipeline's real STS batches; medians. The qualities are
 the report's, so the equal-speed comparison is recomputed with these speeds. Writes
-`sts_latency__<report name>` beside the report.
+`sts_latency__<report name>` beside the report (or `--output`). A students-only run
+(`--baselines false`) takes its teacher and layer-dropping rows from `--baselines REPORT`, a
+full report of the same recipe.
 """
 
 from __future__ import annotations
@@ -38,14 +40,17 @@ def main() -> None:
     ap.add_argument("--report", required=True, help="a sts_prune_distill*.json written by the pipeline")
     ap.add_argument("--student", required=True, help="the pipeline's student.ckpt")
     ap.add_argument("--repeats", type=int, default=31)
+    ap.add_argument("--baselines", help="report whose layer-dropping rows to time (default: --report's own)")
+    ap.add_argument("--output", help="JSON written (default: sts_latency__<report name> beside the report)")
     args = ap.parse_args()
     report = json.loads(Path(args.report).read_text())
+    baselines = json.loads(Path(args.baselines).read_text()) if args.baselines else report
     cfg = report["config"]
     teacher = SentenceEncoderModule(checkpoint_dir=cfg["teacher"], pooling=cfg["pooling"]).eval()
     models = {"teacher": teacher,
               "pruned + distilled": SentenceEncoderModule.load_from_checkpoint(args.student, weights_only=False,
                                                                                teacher=None).eval()}
-    for row in report["rows"]:
+    for row in baselines["rows"]:
         if "kept_layers" in row:
             models[row["name"]] = SentenceEncoderModule(checkpoint_dir=cfg["teacher"], pooling=cfg["pooling"],
                                                         keep_layers=row["kept_layers"]).eval()
@@ -53,7 +58,7 @@ def main() -> None:
     sentences = [p.sentence1 for p in pairs]
     inputs = sentence_batches(teacher.tokenizer, sentences, cfg["latency_batch_sizes"], cfg["max_length"])
     latency = side_by_side_latency(models, inputs, args.repeats)
-    quality = {r["name"]: r for r in report["rows"]}
+    quality = {**{r["name"]: r for r in baselines["rows"]}, **{r["name"]: r for r in report["rows"]}}
     rows = []
     for name, per_batch in latency.items():
         row = {"name": name, "latency_ms": {str(b): ms for b, ms in per_batch.items()},
@@ -64,12 +69,13 @@ def main() -> None:
         rows.append(row)
         print(f"{name}: " + " / ".join(f"b{b} {ms:.1f} ms" for b, ms in per_batch.items())
               + f"  speed-up b16 {row['speedup_b16']:.2f}x  quality {row['quality_vs_teacher']:.2f} %")
-    out = {"report": args.report, "student": args.student, "repeats": args.repeats,
+    out = {"report": args.report, "baselines": args.baselines, "student": args.student, "repeats": args.repeats,
            "torch_threads": torch.get_num_threads(), "rows": rows,
            "equal_speed": [equal_speed_comparison(rows, b) for b in inputs],
            "command": "python " + " ".join(sys.argv)}
     print("\n".join(equal_speed_lines(rows, list(inputs))))
-    Path(args.report).with_name("sts_latency__" + Path(args.report).name).write_text(json.dumps(out, indent=2))
+    output = Path(args.output) if args.output else Path(args.report).with_name("sts_latency__" + Path(args.report).name)
+    output.write_text(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":
