@@ -58,7 +58,8 @@ def main() -> None:
     sentences = [p.sentence1 for p in pairs]
     inputs = sentence_batches(teacher.tokenizer, sentences, cfg["latency_batch_sizes"], cfg["max_length"])
     latency = side_by_side_latency(models, inputs, args.repeats)
-    quality = {**{r["name"]: r for r in baselines["rows"]}, **{r["name"]: r for r in report["rows"]}}
+    dropped = {r["name"]: r for r in baselines["rows"] if "kept_layers" in r}
+    quality = {**{r["name"]: r for r in report["rows"]}, **dropped}
     rows = []
     for name, per_batch in latency.items():
         row = {"name": name, "latency_ms": {str(b): ms for b, ms in per_batch.items()},
