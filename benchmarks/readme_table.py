@@ -68,7 +68,8 @@ def sts_variant_rows(r: dict) -> list[str]:
 
 def sts_latency_rows(r: dict) -> list[str]:
     """Rows for benchmarks/results/sts_latency__*.json (issue 6): the report's models timed in a fresh process."""
-    rows = [f"| fresh-process latency, {r['repeats']} repeats ({Path(r['report']).name}) | ms batch 1 / 16 / 64 "
+    rows = [f"| fresh-process latency, {r['repeats']} repeats (student of {Path(r['student']).parent.name}) "
+            "| ms batch 1 / 16 / 64 "
             "| speed-up (b16) | % of teacher (en) |", "|---|---|---|---|"]
     for row in r["rows"]:
         ms = row["latency_ms"]
