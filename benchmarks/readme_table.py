@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sts.pipeline import equal_speed_lines  # noqa: E402
+from sts.timing import equal_speed_lines  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

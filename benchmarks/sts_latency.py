@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sts.data import read_sts  # noqa: E402
 from sts.module import SentenceEncoderModule  # noqa: E402
-from sts.pipeline import (  # noqa: E402
+from sts.timing import (  # noqa: E402
     equal_speed_comparison,
     equal_speed_lines,
     sentence_batches,

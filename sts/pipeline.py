@@ -23,17 +23,14 @@ from __future__ import annotations
 
 import copy
 import json
-import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from itertools import pairwise
 from pathlib import Path
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
-from tokenizers import Tokenizer
 
 from compression.ffn import feed_forwards, ffn_taylor_importance, prune_ffns
 from compression.importance import taylor_importance
@@ -45,8 +42,9 @@ from core.bert import BertConfig
 from core.hf_import import default_checkpoint_dir
 from core.schedules import TriangleSchedule
 from core.training import git_commit
-from sts.data import SentenceDataModule, read_sts, tokenize
+from sts.data import SentenceDataModule, read_sts
 from sts.module import SentenceEncoderModule, evaluate_sts, reinitialise
+from sts.timing import equal_speed_comparison, equal_speed_lines, sentence_batches, side_by_side_latency
 
 NOTES = (
     "Teacher = the unpruned encoder (its en Spearman is the 100 % reference). Pruned: {heads:.0%} of the heads "
@@ -189,36 +187,11 @@ def sts_scores(model: SentenceEncoderModule, datamodule: SentenceDataModule) -> 
     return {f"spearman_{lang}": evaluate_sts(model, pairs) for lang, pairs in datamodule.sts.items()}
 
 
-def side_by_side_latency(models: dict[str, SentenceEncoderModule], inputs: dict[int, dict], repeats: int,
-                         warmup: int = 2) -> dict[str, dict[int, float]]:
-    """Median forward milliseconds per model and batch size; models alternate inside every repeat."""
-    times: dict[str, dict[int, list[float]]] = {n: {b: [] for b in inputs} for n in models}
-    for module in models.values():
-        module.eval()
-    with torch.inference_mode():
-        for b, batch in inputs.items():
-            for i in range(warmup + repeats):
-                names = list(models)
-                names = names[i % len(names):] + names[: i % len(names)]  # rotate: no model always goes first
-                for n in names:
-                    start = time.perf_counter()
-                    models[n](**batch)
-                    if i >= warmup:
-                        times[n][b].append((time.perf_counter() - start) * 1000)
-    return {n: {b: statistics.median(v) for b, v in per.items()} for n, per in times.items()}
-
-
 def latency_inputs(datamodule: SentenceDataModule, batch_sizes: list[int]) -> dict[int, dict]:
     """Real padded batches: the first B first-sentences of the first STS file."""
     pairs = next(iter(datamodule.sts.values()))
     return sentence_batches(datamodule.tokenizer, [p.sentence1 for p in pairs], batch_sizes,
                             datamodule.hparams.max_length)
-
-
-def sentence_batches(tokenizer: Tokenizer, sentences: list[str], batch_sizes: list[int],
-                     max_length: int) -> dict[int, dict]:
-    """{B: the first B `sentences` (cycled if fewer) tokenized and padded}: timing inputs."""
-    return {b: tokenize(tokenizer, (sentences * (b // len(sentences) + 1))[:b], max_length) for b in batch_sizes}
 
 
 def write_report(report: dict, json_paths: list[Path]) -> None:
@@ -316,52 +289,6 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     report["equal_speed"] = [equal_speed_comparison(report["rows"], b) for b in cfg.latency_batch_sizes]
     stage("size and latency", None, None)
     return report
-
-
-def equal_speed_comparison(rows: list[dict], batch_size: int = 16, name: str = "pruned + distilled") -> dict | None:
-    """The layer-dropping quality at the speed of row `name` at `batch_size`: linear between the measured points.
-
-    Speed = the teacher's median ms / the row's at that batch size (`latency_ms`). The layer-dropping
-    curve is the teacher (all layers, 1.0x) plus every `kept_layers` row, as (speed-up, % of the
-    teacher). Beyond the fastest measured point it is not extrapolated (None): the comparison needs
-    a baseline at least as fast as the pruned model. The verdict can differ by batch size: width
-    pruning trims attention (more of the cost in long padded batches), layer dropping also the
-    fixed per-layer cost (more of it in small batches).
-    """
-    ms = {r["name"]: r["latency_ms"][str(batch_size)] for r in rows if str(batch_size) in r.get("latency_ms", {})}
-    row = next((r for r in rows if r["name"] == name), None)
-    if "teacher" not in ms or row is None or name not in ms or "quality_vs_teacher" not in row:
-        return None
-    curve = sorted((ms["teacher"] / ms[r["name"]], r["quality_vs_teacher"]) for r in rows
-                   if ("kept_layers" in r or r["name"] == "teacher") and r["name"] in ms and "quality_vs_teacher" in r)
-    if len(curve) < 2:  # no layer-dropping row to compare with
-        return None
-    speed = ms["teacher"] / ms[name]
-    at_speed = None
-    for (s0, q0), (s1, q1) in pairwise(curve):
-        if s0 <= speed <= s1:
-            at_speed = q0 + (q1 - q0) * (speed - s0) / (s1 - s0) if s1 > s0 else max(q0, q1)
-    return {"model": name, "batch_size": batch_size, "speedup": speed, "quality_vs_teacher": row["quality_vs_teacher"],
-            "layer_dropping_quality_at_equal_speed": at_speed,
-            "beats_layer_dropping": None if at_speed is None else row["quality_vs_teacher"] > at_speed}
-
-
-def equal_speed_lines(rows: list[dict], batch_sizes: list[int]) -> list[str]:
-    """One sentence per batch size comparing the pruned model with layer dropping at its speed."""
-    lines = []
-    for b in batch_sizes:
-        equal = equal_speed_comparison(rows, b)
-        if equal is None:
-            continue
-        if equal["layer_dropping_quality_at_equal_speed"] is None:
-            lines.append(f"Batch {b}: {equal['model']} runs at {equal['speedup']:.2f}x, outside the measured "
-                         "layer-dropping range (no verdict).")
-            continue
-        verdict = "beats" if equal["beats_layer_dropping"] else "does not beat"
-        lines.append(f"Batch {b}: at {equal['model']}'s speed ({equal['speedup']:.2f}x) layer dropping, interpolated "
-                     f"between its measured rows, keeps {equal['layer_dropping_quality_at_equal_speed']:.2f} % of the "
-                     f"teacher; {equal['model']} keeps {equal['quality_vs_teacher']:.2f} % ({verdict} it).")
-    return lines
 
 
 def reinitialise_module(module: SentenceEncoderModule) -> SentenceEncoderModule:

@@ -24,11 +24,11 @@ from sts.module import SentenceEncoderModule, evaluate_sts, pool, spearman_x100
 from sts.pipeline import (
     PipelineConfig,
     check_config,
-    equal_speed_comparison,
     markdown_table,
     prune_and_distil_iteratively,
     prune_by_taylor,
 )
+from sts.timing import equal_speed_comparison
 
 TINY = {"vocab_size": 120, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 4,
         "intermediate_size": 32, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,

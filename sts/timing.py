@@ -1,0 +1,90 @@
+"""Timing sentence encoders side by side, and the pruned model vs layer dropping at equal speed (used by
+`sts.pipeline` and `benchmarks/sts_latency.py`).
+
+Speed-ups are ratios of medians measured in one process with the models alternating inside every
+repeat, so machine noise hits every model alike. `equal_speed_comparison` reads a report's rows
+(`latency_ms` per batch size, `quality_vs_teacher`, `kept_layers` for layer-dropped baselines).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from itertools import pairwise
+
+import torch
+from tokenizers import Tokenizer
+from torch import nn
+
+from sts.data import tokenize
+
+
+def side_by_side_latency(models: dict[str, nn.Module], inputs: dict[int, dict], repeats: int,
+                         warmup: int = 2) -> dict[str, dict[int, float]]:
+    """Median forward milliseconds per model and batch size; models alternate inside every repeat."""
+    times: dict[str, dict[int, list[float]]] = {n: {b: [] for b in inputs} for n in models}
+    for module in models.values():
+        module.eval()
+    with torch.inference_mode():
+        for b, batch in inputs.items():
+            for i in range(warmup + repeats):
+                names = list(models)
+                names = names[i % len(names):] + names[: i % len(names)]  # rotate: no model always goes first
+                for n in names:
+                    start = time.perf_counter()
+                    models[n](**batch)
+                    if i >= warmup:
+                        times[n][b].append((time.perf_counter() - start) * 1000)
+    return {n: {b: statistics.median(v) for b, v in per.items()} for n, per in times.items()}
+
+
+def sentence_batches(tokenizer: Tokenizer, sentences: list[str], batch_sizes: list[int],
+                     max_length: int) -> dict[int, dict]:
+    """{B: the first B `sentences` (cycled if fewer) tokenized and padded}: timing inputs."""
+    return {b: tokenize(tokenizer, (sentences * (b // len(sentences) + 1))[:b], max_length) for b in batch_sizes}
+
+
+def equal_speed_comparison(rows: list[dict], batch_size: int = 16, name: str = "pruned + distilled") -> dict | None:
+    """The layer-dropping quality at the speed of row `name` at `batch_size`: linear between the measured points.
+
+    Speed = the teacher's median ms / the row's at that batch size (`latency_ms`). The layer-dropping
+    curve is the teacher (all layers, 1.0x) plus every `kept_layers` row, as (speed-up, % of the
+    teacher). Beyond the fastest measured point it is not extrapolated (None): the comparison needs
+    a baseline at least as fast as the pruned model. The verdict can differ by batch size: width
+    pruning trims attention (more of the cost in long padded batches), layer dropping also the
+    fixed per-layer cost (more of it in small batches).
+    """
+    ms = {r["name"]: r["latency_ms"][str(batch_size)] for r in rows if str(batch_size) in r.get("latency_ms", {})}
+    row = next((r for r in rows if r["name"] == name), None)
+    if "teacher" not in ms or row is None or name not in ms or "quality_vs_teacher" not in row:
+        return None
+    curve = sorted((ms["teacher"] / ms[r["name"]], r["quality_vs_teacher"]) for r in rows
+                   if ("kept_layers" in r or r["name"] == "teacher") and r["name"] in ms and "quality_vs_teacher" in r)
+    if len(curve) < 2:  # no layer-dropping row to compare with
+        return None
+    speed = ms["teacher"] / ms[name]
+    at_speed = None
+    for (s0, q0), (s1, q1) in pairwise(curve):
+        if s0 <= speed <= s1:
+            at_speed = q0 + (q1 - q0) * (speed - s0) / (s1 - s0) if s1 > s0 else max(q0, q1)
+    return {"model": name, "batch_size": batch_size, "speedup": speed, "quality_vs_teacher": row["quality_vs_teacher"],
+            "layer_dropping_quality_at_equal_speed": at_speed,
+            "beats_layer_dropping": None if at_speed is None else row["quality_vs_teacher"] > at_speed}
+
+
+def equal_speed_lines(rows: list[dict], batch_sizes: list[int]) -> list[str]:
+    """One sentence per batch size comparing the pruned model with layer dropping at its speed."""
+    lines = []
+    for b in batch_sizes:
+        equal = equal_speed_comparison(rows, b)
+        if equal is None:
+            continue
+        if equal["layer_dropping_quality_at_equal_speed"] is None:
+            lines.append(f"Batch {b}: {equal['model']} runs at {equal['speedup']:.2f}x, outside the measured "
+                         "layer-dropping range (no verdict).")
+            continue
+        verdict = "beats" if equal["beats_layer_dropping"] else "does not beat"
+        lines.append(f"Batch {b}: at {equal['model']}'s speed ({equal['speedup']:.2f}x) layer dropping, interpolated "
+                     f"between its measured rows, keeps {equal['layer_dropping_quality_at_equal_speed']:.2f} % of the "
+                     f"teacher; {equal['model']} keeps {equal['quality_vs_teacher']:.2f} % ({verdict} it).")
+    return lines
