@@ -13,6 +13,7 @@ removal raises the task loss least (measured exactly, one evaluation per candida
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -32,15 +33,14 @@ def keep_per_layer(scores: Sequence[Tensor], keep_total: int, multiple: int = 1)
         raise ValueError(f"the block size (multiple) must be >= 1, got {multiple}")
     orders, blocks = [], []
     for layer, s in enumerate(scores):
-        values = s.detach().float().cpu()
-        present = [j for j in range(values.numel()) if not torch.isnan(values[j])]
-        order = sorted(present, key=lambda j: -float(values[j]))
+        values = s.detach().float().cpu().tolist()
+        order = sorted((j for j, v in enumerate(values) if not math.isnan(v)), key=lambda j: -values[j])
         if not order:
             raise ValueError(f"layer {layer} has no units left to keep")
         orders.append(order)
         for start in range(0, len(order), multiple):
             block = order[start : start + multiple]
-            blocks.append((float(values[block].mean()), layer, start, len(block)))
+            blocks.append((sum(values[j] for j in block) / len(block), layer, start, len(block)))
     first = [b for b in blocks if b[2] == 0]
     kept = {layer: size for _, layer, _, size in first}
     total = sum(kept.values())
