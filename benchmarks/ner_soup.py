@@ -7,7 +7,9 @@ Each input tagger and each weighted average (`core.averaging.average_checkpoints
 2022) is scored on eng.testa (dev) and eng.testb (test): word-level seqeval F1 overall and per
 type, each sentence tagged with its own document's context when the first checkpoint was trained
 with context (a soup takes the first file's data spec). The soup to quote is the one with the best
-dev F1 (`best_by_dev`); test F1 is reported for all, never used to choose. Writes
+dev F1 (`best_by_dev`); test F1 is reported for all, never used to choose. A softmax tagger is
+also scored with IOB2-constrained Viterbi decoding (`dev_constrained`, `test_constrained`); a CRF
+tagger always decodes that way. Writes
 `benchmarks/results/ner_soup.json` after every model.
 """
 
@@ -55,12 +57,17 @@ def main(argv: list[str] | None = None) -> None:
 
     def add(name: str, module: TaggerModule, **extra) -> None:
         row = {"name": name, **extra, **{k: score(module.eval(), path) for k, path in splits.items()}}
+        if module.crf is None:
+            module.hparams.constrained_decoding = True
+            row.update({f"{k}_constrained": score(module, path) for k, path in splits.items()})
         results["rows"].append(row)
         soups = [r for r in results["rows"] if "weights" in r]
         if soups:
             results["best_by_dev"] = max(soups, key=lambda r: r["dev"]["f1"])["name"]
         args.out.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"[soup] {name}: dev {row['dev']['f1']:.4f} test {row['test']['f1']:.4f}", flush=True)
+        constrained = (f"; constrained decoding: dev {row['dev_constrained']['f1']:.4f} "
+                       f"test {row['test_constrained']['f1']:.4f}") if "dev_constrained" in row else ""
+        print(f"[soup] {name}: dev {row['dev']['f1']:.4f} test {row['test']['f1']:.4f}{constrained}", flush=True)
 
     for path in args.checkpoints:
         add(Path(path).name, TaggerModule.load_from_checkpoint(path, map_location="cpu", weights_only=False),

@@ -35,6 +35,7 @@ from core.bert_task import BertTask
 from core.hf_import import check_vocab_size, default_checkpoint_dir, load_bert
 from ner.align import CASING, IGNORE, SentenceEncoder, document_context
 from ner.conll import read_conll, to_iob2
+from ner.crf import CRF, iob2_transition_penalty, pack_words, unpack_words, viterbi
 from ner.data import collate
 
 
@@ -83,6 +84,10 @@ class TaggerModule(BertTask, CompressionHooks, LightningModule):
     `keep_layers` (list of encoder layer indices, applied first) keeps only those layers of the
     pretrained / `init_from` encoder: a shallow student initialised from the teacher's layers; the
     smaller `bert_config` is written back, so the checkpoint reloads without the teacher.
+    `crf` puts a linear-chain CRF over the word-level scores (first sub-tokens): its sequence
+    negative log-likelihood is added to the training loss and tags are decoded by Viterbi.
+    `constrained_decoding` (no CRF) decodes by Viterbi over the softmax log-probabilities with
+    IOB2-invalid transitions forbidden, instead of a per-word argmax; with a CRF it is implied.
     `kd_cache` (a folder) caches the teacher's logits per training example on disk
     (`compression.logit_cache`, keyed by the teacher file's SHA-256 and the example's content):
     the teacher runs only for examples not seen before, in this run or an earlier one.
@@ -95,7 +100,7 @@ class TaggerModule(BertTask, CompressionHooks, LightningModule):
         factorize_embedding_rank: int | None = None, share_layers: dict | None = None,
         teacher: str | None = None, kd_alpha: float = 0.5, kd_temperature: float = 2.0,
         keep_layers: list[int] | None = None, kd_cache: str | None = None,
-        gate_lr: float | None = None,
+        gate_lr: float | None = None, crf: bool = False, constrained_decoding: bool = False,
     ) -> None:
         super().__init__()
         if not data_spec or not data_spec.get("labels") or not data_spec.get("tokenizer"):
@@ -118,6 +123,7 @@ class TaggerModule(BertTask, CompressionHooks, LightningModule):
             nn.init.zeros_(self.casing_embed.weight)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(hidden, len(self.labels))
+        self.crf = CRF(self.labels) if crf else None
         self._outputs: list[Tensor] = []
         self.setup_compression(None, init_from, l0_lambda)  # weights first, then the student's shape
         shape_bert_student(self.bert, factorize_embedding_rank, share_layers, keep_layers)
@@ -183,12 +189,20 @@ class TaggerModule(BertTask, CompressionHooks, LightningModule):
         return loss
 
     def training_loss(self, batch: dict[str, Tensor]) -> Tensor:
-        """Mean loss over labelled sub-tokens: CE, or token-level `kd_loss` with a teacher."""
+        """Mean loss over labelled sub-tokens (CE, or token-level `kd_loss` with a teacher), plus the
+        CRF's word-level sequence NLL when there is a CRF."""
         logits = self._logits(batch)
         if self.teacher is None:
-            return F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE)
-        return kd_loss(logits, self.teacher_logits(batch), batch["labels"], temperature=self.hparams.kd_temperature,
-                       alpha=self.hparams.kd_alpha, ignore_index=IGNORE)
+            loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE)
+        else:
+            loss = kd_loss(logits, self.teacher_logits(batch), batch["labels"],
+                           temperature=self.hparams.kd_temperature, alpha=self.hparams.kd_alpha, ignore_index=IGNORE)
+        if self.crf is not None:
+            first = first_subtoken_mask(batch["word_ids"])
+            emissions, mask = pack_words(logits, first)
+            tags, _ = pack_words(batch["labels"].clamp(min=0), first)
+            loss = loss + self.crf.nll(emissions, tags, mask)
+        return loss
 
     def teacher_logits(self, batch: dict[str, Tensor]) -> Tensor:
         """The frozen teacher's logits for a batch, from the logit cache when it has every row."""
@@ -201,13 +215,25 @@ class TaggerModule(BertTask, CompressionHooks, LightningModule):
         keys = row_keys(lengths, batch["input_ids"], batch["casing"])
         return self.logit_cache.logits(keys, lengths, batch["input_ids"].shape[1], live)
 
-    @staticmethod
-    def _word_rows(batch: dict[str, Tensor], logits: Tensor) -> Tensor:
+    def predict_labels(self, logits: Tensor, first: Tensor) -> Tensor:
+        """Label ids (B, T) at the words' first sub-tokens: per-word argmax, or a Viterbi path over the
+        words with IOB2-invalid transitions forbidden (CRF scores, or log-probabilities without a CRF)."""
+        if self.crf is None and not self.hparams.get("constrained_decoding"):
+            return logits.argmax(-1)
+        if self.crf is not None:
+            emissions, mask = pack_words(logits, first)
+            return unpack_words(self.crf.decode(emissions, mask), first, fill=0)
+        emissions, mask = pack_words(logits.log_softmax(-1), first)
+        penalty = iob2_transition_penalty(self.labels).to(logits.device)
+        return unpack_words(viterbi(emissions, mask, penalty), first, fill=0)
+
+    def _word_rows(self, batch: dict[str, Tensor], logits: Tensor) -> Tensor:
         """(N, 4) rows (sentence, word, gold label, predicted label), one per word in the batch."""
         first = first_subtoken_mask(batch["word_ids"])
         rows, cols = first.nonzero(as_tuple=True)
+        predicted = self.predict_labels(logits, first)
         return torch.stack([batch["sentence"][rows], batch["word_ids"][rows, cols],
-                            batch["labels"][rows, cols], logits.argmax(-1)[rows, cols]], dim=1).cpu()
+                            batch["labels"][rows, cols], predicted[rows, cols]], dim=1).cpu()
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._outputs.append(self._word_rows(batch, self._logits(batch)))

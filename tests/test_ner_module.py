@@ -77,11 +77,12 @@ def quiet_trainer(**kwargs) -> L.Trainer:
 
 
 @needs_data
-def test_tiny_tagger_overfits_then_reloads_identically(tiny: dict, tmp_path: Path, one_thread) -> None:
+@pytest.mark.parametrize("crf", [False, True], ids=["softmax", "crf"])
+def test_tiny_tagger_overfits_then_reloads_identically(tiny: dict, tmp_path: Path, one_thread, crf: bool) -> None:
     tokenizer_file = shutil.copy(tiny["tokenizer"], tmp_path / "tokenizer.json")
     dm = CoNLLDataModule(dir=str(tiny["root"]), tokenizer=str(tokenizer_file), batch_size=8)
     L.seed_everything(0)
-    model = TaggerModule(bert_config=tiny["config"], dropout=0.0, weight_decay=0.0, data_spec=dm.spec())
+    model = TaggerModule(bert_config=tiny["config"], dropout=0.0, weight_decay=0.0, data_spec=dm.spec(), crf=crf)
     trainer = quiet_trainer(max_steps=400, limit_val_batches=0, num_sanity_val_steps=0,
                             callbacks=[TriangleSchedule(peak_lr=3e-3, warmup=0.1)])
     trainer.fit(model, dm)
@@ -99,6 +100,12 @@ def test_tiny_tagger_overfits_then_reloads_identically(tiny: dict, tmp_path: Pat
     os.remove(tokenizer_file)  # the checkpoint alone must be enough
     reloaded = TaggerModule.load_from_checkpoint(path, weights_only=False)
     assert reloaded.tag(words, batch_size=7) == predicted
+    if crf:  # learned transitions travel in the checkpoint
+        assert model.crf.transitions.abs().max() > 0
+        assert torch.equal(reloaded.crf.transitions, model.crf.transitions)
+    else:  # a perfect fit is already a valid IOB2 path: constrained Viterbi keeps it
+        reloaded.hparams.constrained_decoding = True
+        assert reloaded.tag(words, batch_size=7) == predicted
     from_file = score_conll(reloaded, tiny["root"] / "conll2003" / "eng.testa")  # the file path, IOB1 read again
     assert from_file["f1"] == 1.0 and from_file["sentences"] == len(words)
     batch = next(iter(dm.val_dataloader()))
