@@ -85,7 +85,9 @@ class TaggerModule(BertTask, CompressionHooks, LightningModule):
     pretrained / `init_from` encoder: a shallow student initialised from the teacher's layers; the
     smaller `bert_config` is written back, so the checkpoint reloads without the teacher.
     `crf` puts a linear-chain CRF over the word-level scores (first sub-tokens): its sequence
-    negative log-likelihood is added to the training loss and tags are decoded by Viterbi.
+    negative log-likelihood is added to the training loss and tags are decoded by Viterbi. Its
+    few zero-initialised scores train at `crf_lr_scale` times the encoder's rate (at a fine-tuning
+    rate like 3e-4 an Adam step moves a transition score by ~3e-4: they would barely leave 0).
     `constrained_decoding` (no CRF) decodes by Viterbi over the softmax log-probabilities with
     IOB2-invalid transitions forbidden, instead of a per-word argmax; with a CRF it is implied.
     `kd_cache` (a folder) caches the teacher's logits per training example on disk
@@ -100,7 +102,8 @@ class TaggerModule(BertTask, CompressionHooks, LightningModule):
         factorize_embedding_rank: int | None = None, share_layers: dict | None = None,
         teacher: str | None = None, kd_alpha: float = 0.5, kd_temperature: float = 2.0,
         keep_layers: list[int] | None = None, kd_cache: str | None = None,
-        gate_lr: float | None = None, crf: bool = False, constrained_decoding: bool = False,
+        gate_lr: float | None = None, crf: bool = False, crf_lr_scale: float = 100.0,
+        constrained_decoding: bool = False,
     ) -> None:
         super().__init__()
         if not data_spec or not data_spec.get("labels") or not data_spec.get("tokenizer"):
@@ -297,16 +300,22 @@ class TaggerModule(BertTask, CompressionHooks, LightningModule):
         return predicted
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        """AdamW; biases and LayerNorm parameters are not decayed; gates get `gate_lr` if set."""
+        """AdamW; biases and LayerNorm parameters are not decayed; gates get `gate_lr` if set; the
+        CRF's scores train undecayed at `crf_lr_scale` times the (scheduled) rate."""
         norms = {id(p) for m in self.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()}
         gate_ids, gate_group = self.split_gate_parameters(self.hparams.get("gate_lr"))
+        crf_params = list(self.crf.parameters()) if self.crf is not None else []
+        scale = float(self.hparams.get("crf_lr_scale", 1.0))
+        crf_group = [{"params": crf_params, "weight_decay": 0.0, "lr": self.hparams.lr * scale,
+                      "lr_scale": scale}] if crf_params else []
+        separate = gate_ids | {id(p) for p in crf_params}
         decay, no_decay = [], []
         for name, p in self.named_parameters():
-            if id(p) not in gate_ids:
+            if id(p) not in separate:
                 (no_decay if name.endswith("bias") or id(p) in norms else decay).append(p)
         return torch.optim.AdamW(
             [{"params": decay, "weight_decay": self.hparams.weight_decay},
-             {"params": no_decay, "weight_decay": 0.0}, *gate_group],
+             {"params": no_decay, "weight_decay": 0.0}, *gate_group, *crf_group],
             lr=self.hparams.lr,
         )
 

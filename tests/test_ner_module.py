@@ -148,6 +148,16 @@ def test_no_weight_decay_on_bias_and_layernorm(tiny_tokenizer: Path) -> None:
     assert len(decay["params"]) + len(no_decay["params"]) == len(names)
 
 
+def test_crf_scores_train_undecayed_at_a_scaled_rate(tiny_tokenizer: Path) -> None:
+    spec = {"labels": ["O", "B-PER", "I-PER"], "tokenizer": str(tiny_tokenizer)}
+    model = TaggerModule(bert_config=tiny_bert_config(120), data_spec=spec, lr=1e-4, crf=True, crf_lr_scale=50.0)
+    *encoder_groups, crf_group = model.configure_optimizers().param_groups
+    assert {id(p) for p in crf_group["params"]} == {id(p) for p in model.crf.parameters()}
+    assert crf_group["weight_decay"] == 0.0 and crf_group["lr"] == pytest.approx(5e-3)
+    assert crf_group["lr_scale"] == 50.0  # schedule callbacks keep the ratio
+    assert sum(len(g["params"]) for g in encoder_groups) == len(list(model.parameters())) - 3
+
+
 def test_module_errors(tiny_tokenizer: Path) -> None:
     with pytest.raises(ValueError, match="needs data_spec with 'labels'"):
         TaggerModule(bert_config=tiny_bert_config(120))
