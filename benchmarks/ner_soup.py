@@ -9,8 +9,8 @@ type, each sentence tagged with its own document's context when the first checkp
 with context (a soup takes the first file's data spec). The soup to quote is the one with the best
 dev F1 (`best_by_dev`); test F1 is reported for all, never used to choose. A softmax tagger is
 also scored with IOB2-constrained Viterbi decoding (`dev_constrained`, `test_constrained`); a CRF
-tagger always decodes that way. Writes
-`benchmarks/results/ner_soup.json` after every model.
+tagger always decodes that way. Given one checkpoint, it only scores that tagger. Writes
+`benchmarks/results/ner_soup.json` (or `--out`) after every model.
 """
 
 from __future__ import annotations
@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     conll = resolve_data_dir(args.data_dir, "conll2003")
     splits = {"dev": conll / "eng.testa", "test": conll / "eng.testb"}
     weight_sets = [[1.0] * len(args.checkpoints)] + [[float(w) for w in s.split(",")] for s in args.weights]
+    if len(args.checkpoints) == 1:  # one tagger: just score it (with both decodings)
+        weight_sets = []
     results: dict = {"git_commit": git_commit(), "command": " ".join(["python", "benchmarks/ner_soup.py",
                                                                         *sys.argv[1:]]), "rows": []}
 
