@@ -9,7 +9,9 @@
    repeats; reported as transformers time / our time (> 1: ours is faster).
 2. For `configs/ner/minilm.yaml` (no casing), `configs/ner/minilm_casing.yaml`,
    `configs/ner/minilm_context.yaml` (casing + document context, higher peak lr) and
-   `configs/ner/minilm_casing_crf.yaml` (casing + word-level CRF, 5 epochs): fine-tune
+   `configs/ner/minilm_casing_crf.yaml` (casing + word-level CRF, 5 epochs), and a uniform
+   soup of two fine-tunes (seeds 1234 and 2) of `configs/ner/minilm_casing_teacher.yaml` decoded
+   by IOB2-constrained Viterbi (`with_casing_soup2_constrained`, each member scored too): fine-tune
    with the config's hyperparameters, score dev (eng.testa) and test (eng.testb) with
    word-level seqeval F1 overall and per type, training throughput (sentences/s in training
    steps) and tagging throughput (sentences/s through `TaggerModule.tag`, batch 1 and 32).
@@ -26,6 +28,7 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -35,6 +38,7 @@ from lightning.pytorch.callbacks import Callback
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from core.averaging import average_checkpoints  # noqa: E402
 from core.hf_import import default_checkpoint_dir, load_bert, load_tokenizer  # noqa: E402
 from core.schedules import TriangleSchedule  # noqa: E402
 from core.training import git_commit  # noqa: E402
@@ -42,13 +46,28 @@ from ner.data import CoNLLDataModule  # noqa: E402
 from ner.module import TaggerModule  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = {"without_casing": ROOT / "configs/ner/minilm.yaml",
-            "with_casing": ROOT / "configs/ner/minilm_casing.yaml",
-            "with_casing_and_context": ROOT / "configs/ner/minilm_context.yaml",
-            "with_casing_crf": ROOT / "configs/ner/minilm_casing_crf.yaml"}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A recipe: a config, fine-tuned once per seed (2+ seeds: their uniform weight average, a
+    model soup), decoded per word (argmax) or by IOB2-constrained Viterbi."""
+
+    config: Path
+    seeds: tuple[int, ...] = ()  # empty: the config's seed_everything
+    constrained_decoding: bool = False
+
+
+VARIANTS = {"without_casing": Variant(ROOT / "configs/ner/minilm.yaml"),
+            "with_casing": Variant(ROOT / "configs/ner/minilm_casing.yaml"),
+            "with_casing_and_context": Variant(ROOT / "configs/ner/minilm_context.yaml"),
+            "with_casing_crf": Variant(ROOT / "configs/ner/minilm_casing_crf.yaml"),
+            "with_casing_soup2_constrained": Variant(ROOT / "configs/ner/minilm_casing_teacher.yaml",
+                                                     seeds=(1234, 2), constrained_decoding=True)}
 # The headline numbers (top-level test/dev/...) come from the recipe the README recommends, the
 # first of these that was measured.
-HEADLINE_ORDER = ("with_casing_crf", "with_casing_and_context", "with_casing", "without_casing")
+HEADLINE_ORDER = ("with_casing_soup2_constrained", "with_casing_crf", "with_casing_and_context", "with_casing",
+                  "without_casing")
 
 
 class StepTimer(Callback):
@@ -113,36 +132,64 @@ def encoder_speed(sentences: list[list[str]], repeats: int) -> dict:
     return out
 
 
-def run_variant(config_path: Path, args: argparse.Namespace) -> dict:
-    """Fine-tune one config and score it; returns its results block."""
-    config = yaml.safe_load(config_path.read_text())
-    trainer_cfg, model_args = config["trainer"], dict(config["model"]["init_args"])
+def fine_tune(config: dict, dm: CoNLLDataModule, seed: int, epochs: int, timer: StepTimer,
+              args: argparse.Namespace) -> TaggerModule:
+    """One fine-tune of `config`'s model with its schedule, from seed `seed`, on `dm`."""
+    trainer_cfg = config["trainer"]
     schedule = next(c["init_args"] for c in trainer_cfg["callbacks"]
                     if c["class_path"].endswith("TriangleSchedule"))
-    data_args = {**config["data"]["init_args"], "max_sentences": args.max_sentences,
-                 "max_eval_sentences": args.max_eval_sentences}
-    L.seed_everything(config.get("seed_everything", 1234))
-    dm = CoNLLDataModule(**data_args)
-    model = TaggerModule(**model_args, data_spec=dm.spec())
-    timer = StepTimer()
-    epochs = args.epochs or trainer_cfg["max_epochs"]
+    L.seed_everything(seed)
+    model = TaggerModule(**config["model"]["init_args"], data_spec=dm.spec())
     trainer = L.Trainer(
         accelerator="cpu", max_epochs=epochs, gradient_clip_val=trainer_cfg.get("gradient_clip_val"),
         callbacks=[TriangleSchedule(**schedule), timer], logger=False, enable_checkpointing=False,
         enable_progress_bar=args.progress, num_sanity_val_steps=0,
     )
     trainer.fit(model, dm)
-    checkpoint = args.work_dir / f"{config_path.stem}.ckpt"  # e.g. the teacher of the compression benchmarks
-    trainer.save_checkpoint(checkpoint)
+    return model
+
+
+def evaluate(model: TaggerModule, dm: CoNLLDataModule, args: argparse.Namespace) -> dict:
+    """Dev and test scores (`split_scores`) of `model` with its own decoding."""
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=args.progress)
     [dev] = trainer.validate(model, dm, verbose=False)
     [test] = trainer.test(model, dm, verbose=False)
+    return {"dev": split_scores(dev, "val"), "test": split_scores(test, "test")}
+
+
+def relative(path: Path) -> str:
+    return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
+
+
+def run_variant(variant: Variant, args: argparse.Namespace) -> dict:
+    """Fine-tune one recipe (one model per seed, averaged when several) and score it; returns its results block."""
+    config = yaml.safe_load(variant.config.read_text())
+    seeds = variant.seeds or (config.get("seed_everything", 1234),)
+    dm = CoNLLDataModule(**{**config["data"]["init_args"], "max_sentences": args.max_sentences,
+                            "max_eval_sentences": args.max_eval_sentences})
+    timer = StepTimer()
+    epochs = args.epochs or config["trainer"]["max_epochs"]
+    stem = variant.config.stem  # e.g. minilm_casing_teacher.ckpt: the teacher of the compression benchmarks
+    members, paths = [], []
+    for seed in seeds:
+        model = fine_tune(config, dm, seed, epochs, timer, args)
+        model.hparams.constrained_decoding = variant.constrained_decoding
+        paths.append(args.work_dir / (f"{stem}.ckpt" if len(seeds) == 1 else f"{stem}__seed{seed}.ckpt"))
+        model.trainer.save_checkpoint(paths[-1])
+        if len(seeds) > 1:  # each member's own scores, beside the soup's
+            members.append({"seed": seed, "checkpoint": relative(paths[-1]), **evaluate(model, dm, args)})
+    checkpoint = paths[0]
+    if len(seeds) > 1:  # uniform model soup (Wortsman et al. 2022) of the fine-tunes
+        checkpoint = args.work_dir / f"{stem}__soup{len(seeds)}.ckpt"
+        torch.save(average_checkpoints(paths), checkpoint)
+        model = TaggerModule.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False)
     sentences = [s.tokens for s in dm.sentences["test"][: args.speed_sentences]]
     infer = {f"batch_{b}": len(sentences) / median_seconds(lambda b=b: model.tag(sentences, batch_size=b), 1)
              for b in (1, 32)}
     return {
-        "config": str(config_path.relative_to(ROOT)), "git_commit": git_commit(),
-        "checkpoint": str(checkpoint.relative_to(ROOT) if checkpoint.is_relative_to(ROOT) else checkpoint),
-        "dev": split_scores(dev, "val"), "test": split_scores(test, "test"),
+        "config": relative(variant.config), "seeds": list(seeds), "constrained_decoding": variant.constrained_decoding,
+        "git_commit": git_commit(), "checkpoint": relative(checkpoint), **evaluate(model, dm, args),
+        **({"members": members} if members else {}),
         "params": sum(p.numel() for p in model.parameters()),
         "epochs": epochs, "train_sentences": len(dm.sentences["train"]),
         "train_sents_per_s": timer.examples / timer.seconds, "infer_sents_per_s": infer,
