@@ -23,7 +23,7 @@ def iob2_transition_penalty(labels: list[str]) -> Tensor:
     """(L, L) matrix, 0 where label j may follow label i in IOB2 and FORBIDDEN where it may not.
 
     `I-X` may only follow `B-X` or `I-X`; everything else may follow anything. The sequence
-    start is left free: a window of a long sentence may begin inside an entity.
+    start is `iob2_start_penalty`'s business.
     """
     penalty = torch.zeros(len(labels), len(labels))
     for j, label in enumerate(labels):
@@ -32,6 +32,14 @@ def iob2_transition_penalty(labels: list[str]) -> Tensor:
                 if previous[2:] != label[2:] or previous == "O":
                     penalty[i, j] = FORBIDDEN
     return penalty
+
+
+def iob2_start_penalty(labels: list[str]) -> Tensor:
+    """(L,) scores for the first label of a sentence: FORBIDDEN for `I-X`, 0 otherwise.
+
+    Only for sequences that open a sentence: a later window of a long sentence may begin inside an entity.
+    """
+    return torch.tensor([FORBIDDEN if label.startswith("I-") else 0.0 for label in labels])
 
 
 def pack_words(values: Tensor, first: Tensor) -> tuple[Tensor, Tensor]:
@@ -58,7 +66,8 @@ def viterbi(emissions: Tensor, mask: Tensor, transitions: Tensor, start: Tensor 
             end: Tensor | None = None) -> Tensor:
     """Highest-scoring label path (B, N) under emission + transition (+ start/end) scores.
 
-    Positions past a row's length hold that row's last label (unused by callers).
+    `start` is (L,) or per row (B, L). Positions past a row's length hold that row's last label
+    (unused by callers).
     """
     batch, length, num_labels = emissions.shape
     score = emissions[:, 0] + (start if start is not None else 0)
@@ -116,6 +125,7 @@ class CRF(nn.Module):
         nll = self.log_partition(emissions, mask) - self.path_score(emissions, tags, mask)
         return nll.sum() / mask.sum().clamp(min=1)
 
-    def decode(self, emissions: Tensor, mask: Tensor) -> Tensor:
-        """Best valid label path per sequence (B, N)."""
-        return viterbi(emissions, mask, self._transitions(), self.start, self.end)
+    def decode(self, emissions: Tensor, mask: Tensor, start_penalty: Tensor | None = None) -> Tensor:
+        """Best valid label path per sequence (B, N); `start_penalty` (L,) or (B, L) is added to the start scores."""
+        start = self.start if start_penalty is None else self.start + start_penalty
+        return viterbi(emissions, mask, self._transitions(), start, self.end)

@@ -35,7 +35,7 @@ from core.bert_task import BertTask
 from core.hf_import import check_vocab_size, default_checkpoint_dir, load_bert
 from ner.align import CASING, IGNORE, SentenceEncoder, document_context
 from ner.conll import read_conll, to_iob2
-from ner.crf import CRF, iob2_transition_penalty, pack_words, unpack_words, viterbi
+from ner.crf import CRF, iob2_start_penalty, iob2_transition_penalty, pack_words, unpack_words, viterbi
 from ner.data import collate
 
 
@@ -218,23 +218,27 @@ class TaggerModule(BertTask, CompressionHooks, LightningModule):
         keys = row_keys(lengths, batch["input_ids"], batch["casing"])
         return self.logit_cache.logits(keys, lengths, batch["input_ids"].shape[1], live)
 
-    def predict_labels(self, logits: Tensor, first: Tensor) -> Tensor:
+    def predict_labels(self, logits: Tensor, word_ids: Tensor) -> Tensor:
         """Label ids (B, T) at the words' first sub-tokens: per-word argmax, or a Viterbi path over the
-        words with IOB2-invalid transitions forbidden (CRF scores, or log-probabilities without a CRF)."""
+        words in valid IOB2 (CRF scores, or log-probabilities without a CRF)."""
         if self.crf is None and not self.hparams.get("constrained_decoding"):
             return logits.argmax(-1)
+        first = first_subtoken_mask(word_ids)
+        emissions, mask = pack_words(logits if self.crf is not None else logits.log_softmax(-1), first)
+        # A window that opens its sentence may not start inside an entity; a later window may.
+        opens_sentence = pack_words(word_ids, first)[0][:, 0] == 0
+        start = iob2_start_penalty(self.labels).to(logits.device) * opens_sentence[:, None]
         if self.crf is not None:
-            emissions, mask = pack_words(logits, first)
-            return unpack_words(self.crf.decode(emissions, mask), first, fill=0)
-        emissions, mask = pack_words(logits.log_softmax(-1), first)
-        penalty = iob2_transition_penalty(self.labels).to(logits.device)
-        return unpack_words(viterbi(emissions, mask, penalty), first, fill=0)
+            path = self.crf.decode(emissions, mask, start)
+        else:
+            path = viterbi(emissions, mask, iob2_transition_penalty(self.labels).to(logits.device), start)
+        return unpack_words(path, first, fill=0)
 
     def _word_rows(self, batch: dict[str, Tensor], logits: Tensor) -> Tensor:
         """(N, 4) rows (sentence, word, gold label, predicted label), one per word in the batch."""
         first = first_subtoken_mask(batch["word_ids"])
         rows, cols = first.nonzero(as_tuple=True)
-        predicted = self.predict_labels(logits, first)
+        predicted = self.predict_labels(logits, batch["word_ids"])
         return torch.stack([batch["sentence"][rows], batch["word_ids"][rows, cols],
                             batch["labels"][rows, cols], predicted[rows, cols]], dim=1).cpu()
 

@@ -46,12 +46,18 @@ def read_input(path: Path, fmt: str) -> tuple[list[Sentence], bool]:
 
 def predict_file(
     checkpoint: str | Path, input_path: str | Path, output_path: str | Path, fmt: str = "auto",
-    batch_size: int = 32,
+    batch_size: int = 32, constrained: bool | None = None,
 ) -> int:
-    """Tag `input_path` into `output_path`; returns the number of sentences."""
+    """Tag `input_path` into `output_path`; returns the number of sentences.
+
+    `constrained` overrides the checkpoint's decoding: True decodes a softmax tagger by
+    IOB2-constrained Viterbi, False by per-word argmax (a CRF tagger always uses its Viterbi).
+    """
     # Our own checkpoints hold NumPy RNG state (core.training.RNGStateCallback), which the
     # weights-only unpickler refuses; they are trusted files written by train.py.
     model = TaggerModule.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False)
+    if constrained is not None:
+        model.hparams.constrained_decoding = constrained
     sentences, has_gold = read_input(Path(input_path), fmt)
     if has_gold:  # unknown gold tags are an error, not a silent mis-score
         for s in sentences:
@@ -79,8 +85,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--format", choices=["auto", "text", "conll"], default="auto",
                         help="input format (auto: CoNLL if -DOCSTART- or consistent token/tag columns)")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--constrained", action=argparse.BooleanOptionalAction, default=None,
+                        help="IOB2-constrained Viterbi decoding (default: as the checkpoint was configured)")
     args = parser.parse_args(argv)
-    n = predict_file(args.checkpoint, args.input, args.output, args.format, args.batch_size)
+    n = predict_file(args.checkpoint, args.input, args.output, args.format, args.batch_size, args.constrained)
     print(f"tagged {n} sentences -> {args.output}")
 
 

@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from ner.crf import CRF, FORBIDDEN, iob2_transition_penalty, pack_words, unpack_words, viterbi
+from ner.crf import CRF, FORBIDDEN, iob2_start_penalty, iob2_transition_penalty, pack_words, unpack_words, viterbi
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 
@@ -65,6 +65,14 @@ def test_constrained_viterbi_repairs_an_inside_tag_after_outside() -> None:
     assert probs.argmax(-1).tolist() == [[0, 2, 2]]
     path = viterbi(probs.log(), torch.ones(1, 3, dtype=torch.bool), iob2_transition_penalty(LABELS))
     assert [LABELS[i] for i in path[0].tolist()] == ["O", "B-PER", "I-PER"]
+
+
+def test_start_penalty_applies_only_to_rows_that_open_a_sentence() -> None:
+    # Both rows would start with I-PER; only the first opens its sentence (the second is a later window).
+    scores = torch.log(torch.tensor([[0.05, 0.3, 0.55, 0.05, 0.05]] * 2))[:, None, :]
+    start = iob2_start_penalty(LABELS)[None] * torch.tensor([[1.0], [0.0]])
+    path = viterbi(scores, torch.ones(2, 1, dtype=torch.bool), iob2_transition_penalty(LABELS), start)
+    assert [LABELS[i] for i in path[:, 0].tolist()] == ["B-PER", "I-PER"]
 
 
 def test_pack_unpack_round_trip() -> None:

@@ -198,3 +198,10 @@ def test_train_py_end_to_end_then_predict(tiny: dict, tmp_path: Path, one_thread
     assert predict_file(checkpoint, conll_in, tmp_path / "out2.conll") == 32
     first = (tmp_path / "out2.conll").read_text().split("\n")[0].split()
     assert first[:2] == ["EU", "B-ORG"] and len(first) == 3
+    # An undertrained tagger: constrained decoding must still give valid IOB2 (I-X only after B-X / I-X).
+    assert predict_file(checkpoint, conll_in, tmp_path / "out3.conll", constrained=True) == 32
+    previous = "O"
+    for line in (tmp_path / "out3.conll").read_text().split("\n"):
+        tag = line.split()[-1] if line else "O"
+        assert not tag.startswith("I-") or previous[2:] == tag[2:], (previous, tag)
+        previous = tag
