@@ -15,7 +15,8 @@ buffers must be equal in every file and are copied. The files must describe the 
   kept; NMT SentencePiece vocabulary; tagger tokenizer);
 * the same `hyper_parameters`, compared key by key at any depth (e.g. `data_spec.labels`,
   `arch.num_heads`; a missing key equals None), except keys that do not shape the weights:
-  names in `TRAINING_ONLY` (optimiser, KD, decoding, data-path and input-windowing settings),
+  names in `TRAINING_ONLY` (optimiser, KD, decoding, data-path and input-windowing settings, and
+  switches whose effect the state-dict keys already show),
   any name containing "dropout" and LightningCLI's `_`-prefixed bookkeeping.
 
 Files are loaded with `weights_only=False` (Lightning stores hyper-parameters as Python
@@ -34,9 +35,11 @@ import torch
 
 SAME_ENTRIES = ("compression", "vocab", "tokenizer_json")
 TRAINING_ONLY = frozenset({
-    "lr", "weight_decay", "optimizer", "betas", "label_smoothing", "l0_lambda", "gate_lr",  # optimisation
+    "lr", "weight_decay", "optimizer", "betas", "label_smoothing", "l0_lambda", "gate_lr", "crf_lr_scale",  # optim.
     "teacher", "kd_alpha", "kd_temperature", "kd_cache", "init_from", "checkpoint_dir",  # KD, start weights
     "val_beam_size", "test_beam_size", "length_penalty", "max_len_a", "max_len_b", "num_samples",  # decoding
+    "constrained_decoding",
+    "crf",  # a tagger's CRF shows in the state-dict keys (crf.*), which must match anyway
     "tokenizer", "schemes",  # data_spec: tokenizer path (its content is `tokenizer_json`), source tag schemes
     "context_tokens", "max_length",  # input windowing: the soup tags with the first file's setting
 })
