@@ -99,6 +99,19 @@ def ner_compression_rows(r: dict) -> list[str]:
     return rows
 
 
+def ner_soup_rows(r: dict) -> list[str]:
+    """Rows for benchmarks/results/ner_soup*.json (issue 3): taggers and their soups, both decodings."""
+    rows = ["| CoNLL-2003 tagger / soup | dev F1 argmax / constrained | test F1 argmax / constrained "
+            "| test PER / LOC / ORG / MISC (constrained) |", "|---|---|---|---|"]
+    for row in r["rows"]:
+        decoded = {split: row.get(f"{split}_constrained", row[split]) for split in ("dev", "test")}
+        types = " / ".join(f"{decoded['test']['per_type'][t]:.3f}" for t in ("PER", "LOC", "ORG", "MISC"))
+        rows.append(f"| {row.get('checkpoint', row['name'])} | {row['dev']['f1']:.4f} / {decoded['dev']['f1']:.4f} "
+                    f"| {row['test']['f1']:.4f} / {decoded['test']['f1']:.4f} | {types} |")
+    rows.append(f"| measured at | `{r['git_commit'][:10]}`, `{r['command']}` | | |")
+    return rows
+
+
 def nmt_kd_rows(r: dict) -> list[str]:
     """Rows for benchmarks/results/nmt_kd.json (issue 4): teacher and half-depth students."""
     rows = ["| Multi30k half-depth student (enc/dec layers from the teacher) | params | test2016 BLEU (beam 5) "
@@ -114,6 +127,7 @@ def nmt_kd_rows(r: dict) -> list[str]:
 
 
 TABLES = (("nmt_multi30k.json", nmt_rows), ("ner_compression.json", ner_compression_rows),
+          ("ner_soup_seeds.json", ner_soup_rows),
           ("nmt_kd.json", nmt_kd_rows), ("sts_prune_distill*.json", sts_rows),
           ("sts_latency__*.json", sts_latency_rows), ("sts_distillation_variants.json", sts_variant_rows))
 
