@@ -308,11 +308,12 @@ class TaggerModule(BertTask, CompressionHooks, LightningModule):
         CRF's scores train undecayed at `crf_lr_scale` times the (scheduled) rate."""
         norms = {id(p) for m in self.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()}
         gate_ids, gate_group = self.split_gate_parameters(self.hparams.get("gate_lr"))
-        crf_params = list(self.crf.parameters()) if self.crf is not None else []
-        scale = float(self.hparams.get("crf_lr_scale", 1.0))
-        crf_group = [{"params": crf_params, "weight_decay": 0.0, "lr": self.hparams.lr * scale,
-                      "lr_scale": scale}] if crf_params else []
-        separate = gate_ids | {id(p) for p in crf_params}
+        crf_group = []
+        if self.crf is not None:
+            scale = float(self.hparams.crf_lr_scale)
+            crf_group = [{"params": list(self.crf.parameters()), "weight_decay": 0.0, "lr": self.hparams.lr * scale,
+                          "lr_scale": scale}]
+        separate = gate_ids | {id(p) for group in crf_group for p in group["params"]}
         decay, no_decay = [], []
         for name, p in self.named_parameters():
             if id(p) not in separate:
