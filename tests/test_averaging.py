@@ -155,11 +155,13 @@ def test_command_line_writes_a_reloadable_file_and_errors_in_one_line(
 
 def test_windowing_settings_and_cli_bookkeeping_do_not_block_a_soup(taggers: list[Path], tmp_path: Path) -> None:
     """A tagger trained with document context averages with one without (same weights' meaning);
-    a hyper-parameter missing in one file equals None in the other."""
+    a hyper-parameter missing in one file equals None in the other; decoding switches and a
+    `crf: false` written by a newer version do not block a soup (the CRF shows in the state dict)."""
     ckpt = torch.load(taggers[1], weights_only=False)
     ckpt["hyper_parameters"]["data_spec"]["context_tokens"] = 32
     ckpt["hyper_parameters"]["_class_path"] = "ner.module.TaggerModule"
     ckpt["hyper_parameters"]["option_added_later"] = None  # absent from the first file
+    ckpt["hyper_parameters"].update(constrained_decoding=True, crf=False, crf_lr_scale=100.0)  # added later
     soup = average_checkpoints([taggers[0], write(ckpt, tmp_path / "ctx.ckpt")])
     assert "context_tokens" not in soup["hyper_parameters"]["data_spec"]  # the first file's setting
     ckpt["hyper_parameters"]["data_spec"]["labels"] = list(reversed(TINY_LABELS))
