@@ -225,8 +225,8 @@ class TaggerModule(BertTask, CompressionHooks, LightningModule):
             return logits.argmax(-1)
         first = first_subtoken_mask(word_ids)
         emissions, mask = pack_words(logits if self.crf is not None else logits.log_softmax(-1), first)
-        # A window that opens its sentence may not start inside an entity; a later window may.
-        opens_sentence = pack_words(word_ids, first)[0][:, 0] == 0
+        # A window that opens its sentence (holds its word 0) may not start inside an entity; a later window may.
+        opens_sentence = (word_ids == 0).any(1)
         start = iob2_start_penalty(self.labels).to(logits.device) * opens_sentence[:, None]
         if self.crf is not None:
             path = self.crf.decode(emissions, mask, start)
