@@ -20,7 +20,8 @@ it only needs the cached teacher logits. Teacher logits are cached on disk (`--c
 the teacher file's SHA-256), so the teacher runs once per training example over all rows.
 
 Each row: parameters (total / embedding / non-embedding, encoder), FLOPs per token, dev/test
-word-level F1 (seqeval), F1 drop vs the teacher, tagging speed at batch 1 and 32 measured
+word-level F1 (seqeval; argmax or, with `--constrained`, IOB2-constrained Viterbi decoding for
+every row and the teacher alike), F1 drop vs the teacher, tagging speed at batch 1 and 32 measured
 alternately with the teacher on the same test sentences (median; speedup = teacher time / row
 time), epochs, wall time, and whether the saved checkpoint reloads alone with identical tags.
 `benchmarks/results/ner_compression.json` (+ `.md`) is rewritten after every row; rows already in it
@@ -107,7 +108,8 @@ def build(args: argparse.Namespace, dm: CoNLLDataModule, teacher: TaggerModule, 
     return TaggerModule(
         bert_config=teacher.hparams.bert_config, casing=teacher.hparams.casing, dropout=0.1, data_spec=dm.spec(),
         init_from=str(args.teacher), teacher=str(args.teacher) if kd else None, kd_alpha=args.kd_alpha,
-        kd_temperature=args.kd_temperature, kd_cache=str(args.cache_dir) if kd else None, **kw)
+        kd_temperature=args.kd_temperature, kd_cache=str(args.cache_dir) if kd else None,
+        constrained_decoding=args.constrained, **kw)
 
 
 def pick(args: argparse.Namespace, dm: CoNLLDataModule, teacher: TaggerModule, candidates: list, key: str) -> tuple:
@@ -219,7 +221,8 @@ def reloads_identically(model: TaggerModule, dm: CoNLLDataModule, path: Path) ->
 def markdown(results: dict) -> str:
     """The results table (one line per row) with the settings above it."""
     lines = [f"# CoNLL-2003 compression (teacher `{results['teacher']}`)", "",
-             f"git `{results['git_commit']}`; test/dev = eng.testb/eng.testa, word-level entity F1 (seqeval); "
+             f"git `{results['git_commit']}`; test/dev = eng.testb/eng.testa, word-level entity F1 (seqeval), "
+             f"{'IOB2-constrained Viterbi' if results['settings'].get('constrained') else 'argmax'} decoding; "
              "speed = `TaggerModule.tag` sentences/s, speedup vs the teacher timed alternately (median).", "",
              "| row | params (total / emb / non-emb) | test F1 | drop | dev F1 | tag sent/s b1 / b32 (speedup) "
              "| epochs | minutes | reloads |", "|---|---|---|---|---|---|---|---|---|"]
@@ -250,6 +253,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--student-layers", type=int, nargs=2, default=None, help="teacher layers (default: auto)")
     p.add_argument("--shared-layer", type=int, default=None, help="teacher layer to share (default: auto)")
     p.add_argument("--pick-batches", type=int, default=8, help="training batches for the auto layer choice")
+    p.add_argument("--constrained", action="store_true",
+                   help="score every row, teacher included, with IOB2-constrained Viterbi decoding")
     p.add_argument("--kd-alpha", type=float, default=0.5)
     p.add_argument("--kd-temperature", type=float, default=2.0)
     p.add_argument("--max-sentences", type=int, default=None, help="first N training sentences")
@@ -274,10 +279,13 @@ def main() -> None:
     """Run the rows, rewriting the JSON and markdown after each."""
     args = parse_args()
     L.seed_everything(1234)
+    launch_commit = git_commit()  # the code that runs (later commits during a long run do not count)
     teacher = load_teacher(TaggerModule, args.teacher)
+    teacher.hparams.constrained_decoding = args.constrained
     dm = CoNLLDataModule(max_sentences=args.max_sentences, max_eval_sentences=args.max_eval_sentences)
     dm.setup()
-    results = open_results(args, "CoNLL-2003 compression of a fine-tuned tagger (issue 4)")
+    results = open_results(args, "CoNLL-2003 compression of a fine-tuned tagger (issue 4)",
+                           same_settings=("constrained",))
     # The rank-64 embedding spends its rank on the tokens CoNLL uses: SVD weighted by sqrt(1 + count).
     args.embedding_row_weights = token_frequency_weights([e.input_ids for e in dm.examples["train"]],
                                                          teacher.bert.cfg.vocab_size)
@@ -298,7 +306,7 @@ def main() -> None:
             print(f"[{name}] {parameter_counts(model)['total']:,} parameters, {epochs} epoch(s), {notes}", flush=True)
             minutes = train(model, dm, epochs, lr, args)
         row = {**evaluate(name, model, teacher, dm, args), "epochs": epochs, "train_minutes": minutes,
-               "git_commit": git_commit(), "command": " ".join(sys.argv[1:]),
+               "git_commit": launch_commit, "command": " ".join(sys.argv[1:]),
                "kd": model.teacher is not None, **notes}
         if name != "teacher":
             row["reload_identical"] = reloads_identically(model, dm, args.work_dir / f"{name}.ckpt")
