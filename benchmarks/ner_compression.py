@@ -9,7 +9,9 @@ Rows (the teacher is the fine-tuned tagger; every student starts from its weight
                       SVD is weighted by sqrt(1 + count) of each token in the training data (the
                       weighted-norm optimum), here and in every row with the rank-64 embedding.
   svd_linear_emb_h64  + every encoder nn.Linear SVD-factorised to one rank (`--linear-rank`, default
-                      the largest giving >= 2x fewer encoder parameters), fine-tuned.
+                      the largest giving >= 2x fewer encoder parameters), fine-tuned. The SVD is
+                      activation-aware: it best preserves each layer's outputs on the inputs of
+                      `--calibration-batches` training batches (untuned dev F1 0.835 vs 0.660 plain).
   kd_student_6m       `--student-layers` of the teacher's 6 layers (auto: the pair with the lowest
                       KD loss before training) + rank-64 embedding, <= 6M parameters, distilled.
   student_6m_no_kd    the same student trained with cross-entropy only (what KD adds).
@@ -46,7 +48,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from teacher_results import open_results, write_results  # noqa: E402
 
-from compression.factorize import factorize_embedding, factorize_linears, token_frequency_weights  # noqa: E402
+from compression.factorize import (  # noqa: E402
+    factorize_embedding,
+    factorize_linears,
+    input_second_moments,
+    token_frequency_weights,
+)
 from compression.report import flops_per_token, parameter_counts  # noqa: E402
 from compression.student import load_teacher  # noqa: E402
 from core.schedules import TriangleSchedule  # noqa: E402
@@ -144,10 +151,17 @@ def make_row(name: str, args: argparse.Namespace, dm: CoNLLDataModule, teacher: 
         rank = args.linear_rank or rank_for_reduction(model.bert, LINEARS)
         before = parameter_counts(model.bert)["non_embedding"]
         with_factorised_embedding(model, args)
-        factorize_linears(model.bert, LINEARS, rank)
+        moments = None
+        if args.calibration_batches:  # activation-aware SVD: keep what the layers' real inputs use
+            batches = list(itertools.islice(iter(dm.train_dataloader()), args.calibration_batches))
+            model.eval()
+            moments = input_second_moments(model.bert, LINEARS, batches,
+                                           lambda b: model(b["input_ids"], b["attention_mask"], b["casing"]))
+        factorize_linears(model.bert, LINEARS, rank, input_moments=moments)
         after = parameter_counts(model.bert)["non_embedding"]
         return model, args.finetune_epochs, args.finetune_lr, {
-            "linear_rank": rank, "encoder_params_before": before, "encoder_params_after": after,
+            "linear_rank": rank, "calibration_batches": args.calibration_batches,
+            "encoder_params_before": before, "encoder_params_after": after,
             "encoder_reduction": before / after}
     if name in ("kd_student_6m", "student_6m_no_kd"):
         layers, notes = args.student_layers, {}
@@ -250,6 +264,8 @@ def parse_args() -> argparse.Namespace:
                    help="peak rate of the shared student (one layer reused 6 times moves far from the teacher)")
     p.add_argument("--student-lr", type=float, default=3e-4, help="peak rate of the 6M students")
     p.add_argument("--linear-rank", type=int, default=None, help="default: largest rank with >= 2x fewer params")
+    p.add_argument("--calibration-batches", type=int, default=32,
+                   help="training batches whose layer inputs make svd_linear_emb_h64 activation-aware (0: plain SVD)")
     p.add_argument("--student-layers", type=int, nargs=2, default=None, help="teacher layers (default: auto)")
     p.add_argument("--shared-layer", type=int, default=None, help="teacher layer to share (default: auto)")
     p.add_argument("--pick-batches", type=int, default=8, help="training batches for the auto layer choice")
@@ -271,7 +287,7 @@ def parse_args() -> argparse.Namespace:
     if args.smoke:
         args.max_sentences, args.max_eval_sentences, args.speed_sentences, args.repeats = 32, 32, 8, 1
         args.finetune_epochs = args.student_epochs = args.shared_epochs = 1
-        args.pick_batches, args.max_candidates = 1, 2
+        args.pick_batches, args.max_candidates, args.calibration_batches = 1, 2, 1
     return args
 
 

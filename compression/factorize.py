@@ -5,6 +5,8 @@ which is the best rank-r approximation in Frobenius norm (Eckart-Young): the squ
 the sum of the discarded squared singular values. The rank is an int, or a float in (0, 1]
 meaning "the smallest rank keeping at least this fraction of the spectral energy sum(s^2)".
 A rank >= min(out, in) saves nothing: it is refused with a ValueError (keep the layer dense).
+Activation-aware factorisation instead minimises the error of the layer's outputs on sample
+inputs, which keeps what the data uses rather than what the weight matrix is largest in.
 
 Embeddings get the ALBERT form: a vocab x H table then an H x d projection; the module's
 `.weight` is the effective vocab x d matrix, so tied output projections
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +74,56 @@ def truncated_svd(weight: Tensor, rank: Rank, what: str = "the matrix",
     return u[:, :r], s[:r], vh[:r]
 
 
+def activation_aware_svd(weight: Tensor, second_moment: Tensor, rank: Rank, what: str = "the matrix",
+                         damping: float = 1e-6) -> tuple[Tensor, Tensor, Tensor]:
+    """(U_r, s_r, Vh_r) whose product W' minimises ||(W - W') X||_F over rank-r matrices, for layer
+    inputs X (in x N) with X X^T = `second_moment` (SVD-LLM's whitening, Wang et al. 2024).
+
+    With X X^T = L L^T (Cholesky), ||(W - W') X||_F = ||(W - W') L||_F, so the truncated SVD of W L
+    is optimal (Eckart-Young) and W' = U_r diag(s_r) (Vh_r L^-1); the squared output error is the
+    sum of the discarded squared singular values of W L. A float `rank` is an energy fraction of
+    that (output) spectrum. `damping` (relative to the mean diagonal) keeps L invertible when some
+    input direction never varies.
+    """
+    moment = second_moment.detach().double().to(weight.device)
+    if moment.shape != (weight.shape[1], weight.shape[1]):
+        raise ValueError(f"second moment of {what} must be {weight.shape[1]}x{weight.shape[1]}, "
+                         f"got {tuple(moment.shape)}")
+    moment = moment + damping * moment.diagonal().mean() * torch.eye(len(moment), dtype=moment.dtype,
+                                                                     device=moment.device)
+    lower = torch.linalg.cholesky(moment)
+    u, s, vh = truncated_svd(weight.detach().double() @ lower, rank, what)
+    return u, s, torch.linalg.solve_triangular(lower, vh, upper=False, left=False)
+
+
+def input_second_moments(model: nn.Module, pattern: str, batches: Iterable,
+                         forward: Callable[[object], object]) -> dict[str, Tensor]:
+    """X X^T (float64, in x in) of the inputs of every `nn.Linear` whose name matches `pattern`,
+    summed over all input rows while `forward(batch)` runs (no grad) on each of `batches`: the
+    statistics `factorize_linears(..., input_moments=...)` needs."""
+    regex = re.compile(pattern)
+    moments: dict[str, Tensor] = {}
+
+    def recorder(name: str) -> Callable:
+        def record(module: nn.Linear, args: tuple) -> None:
+            x = args[0].detach().reshape(-1, module.in_features).double()
+            moments[name] = moments[name] + x.T @ x if name in moments else x.T @ x
+        return record
+
+    hooks = [m.register_forward_pre_hook(recorder(name)) for name, m in model.named_modules()
+             if isinstance(m, nn.Linear) and regex.search(name)]
+    if not hooks:
+        raise ValueError(f"pattern '{pattern}' matches no nn.Linear of the model")
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                forward(batch)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return moments
+
+
 class FactorizedLinear(nn.Module):
     """y = x V^T U^T + b: a drop-in for `nn.Linear(in_features, out_features)` of rank `rank`.
 
@@ -123,8 +176,13 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
-def factorize_linears(model: nn.Module, pattern: str, rank: Rank, skip_full_rank: bool = False) -> dict:
+def factorize_linears(model: nn.Module, pattern: str, rank: Rank, skip_full_rank: bool = False,
+                      input_moments: dict[str, Tensor] | None = None) -> dict:
     """Swap every `nn.Linear` whose module name matches `pattern` (re.search) for a FactorizedLinear.
+
+    Plain truncated SVD of each weight, or with `input_moments` ({name: X X^T} from
+    `input_second_moments`) the activation-aware SVD that best preserves each layer's outputs on
+    those inputs (`activation_aware_svd`).
 
     All ranks are checked before anything is swapped, so on error the model is unchanged.
     With `skip_full_rank`, layers whose rank would be >= min(dims) stay dense (listed under
@@ -142,9 +200,14 @@ def factorize_linears(model: nn.Module, pattern: str, rank: Rank, skip_full_rank
     before = count_parameters(model)
     plans: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
     dense: list[str] = []
+    missing = sorted(set(chosen) - set(input_moments)) if input_moments is not None else []
+    if missing:
+        raise ValueError(f"input_moments has no statistics for {len(missing)} matched layer(s), "
+                         f"e.g. {missing[0]!r}; collect them with input_second_moments on the same pattern")
     for name, linear in chosen.items():
         try:
-            plans[name] = truncated_svd(linear.weight, rank, f"layer {name!r}")
+            plans[name] = (truncated_svd(linear.weight, rank, f"layer {name!r}") if input_moments is None
+                           else activation_aware_svd(linear.weight, input_moments[name], rank, f"layer {name!r}"))
         except RankTooHighError:
             if not skip_full_rank:
                 raise

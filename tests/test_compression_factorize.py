@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -10,9 +12,11 @@ from compression.factorize import (
     FactorizedEmbedding,
     FactorizedLinear,
     RankTooHighError,
+    activation_aware_svd,
     count_parameters,
     factorize_embedding,
     factorize_linears,
+    input_second_moments,
     select_rank,
     token_frequency_weights,
 )
@@ -154,6 +158,59 @@ def test_factorize_linears_bad_pattern_and_atomic_rank_error() -> None:
     with pytest.warns(UserWarning, match="larger than dense.*: 0"):
         factorize_linears(nn.Sequential(nn.Linear(16, 16)), ".", rank=12)
     assert isinstance(stack[0], FactorizedLinear) and isinstance(stack[1], nn.Linear)
+
+
+# --- activation-aware factorisation -------------------------------------------------------
+
+def _correlated_inputs(n_in: int, n: int, seed: int = 0) -> torch.Tensor:
+    """Inputs (n x n_in) whose directions have very different scales, as real activations do."""
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(n_in, n_in, generator=g, dtype=torch.float64) * torch.logspace(0, -2, n_in, dtype=torch.float64)
+    return torch.randn(n, n_in, generator=g, dtype=torch.float64) @ mix.T + 0.5
+
+
+def test_activation_aware_svd_is_the_best_rank_r_fit_of_the_outputs() -> None:
+    torch.manual_seed(0)
+    weight = torch.randn(12, 10, dtype=torch.float64)
+    x = _correlated_inputs(10, 300)
+    moment = x.T @ x
+    u, s, vh = activation_aware_svd(weight, moment, 4, damping=0.0)
+    error = ((weight - u @ torch.diag(s) @ vh) @ x.T).norm() ** 2
+    whole = torch.linalg.svdvals(weight @ torch.linalg.cholesky(moment))
+    assert torch.allclose(error, whole[4:].square().sum(), rtol=1e-8)  # Eckart-Young on W L
+    pu, ps, pvh = torch.linalg.svd(weight, full_matrices=False)
+    plain_error = ((weight - pu[:, :4] @ torch.diag(ps[:4]) @ pvh[:4]) @ x.T).norm() ** 2
+    assert error < 0.5 * plain_error  # the plain SVD spends rank on directions the inputs barely use
+    for _ in range(20):  # no other rank-4 matrix fits the outputs better
+        other = (u + 1e-3 * torch.randn_like(u)) @ torch.diag(s) @ (vh + 1e-3 * torch.randn_like(vh))
+        assert ((weight - other) @ x.T).norm() ** 2 >= error - 1e-9
+    with pytest.raises(ValueError, match="second moment of the matrix must be 10x10"):
+        activation_aware_svd(weight, moment[:3, :3], 4)
+
+
+def test_factorize_linears_with_input_moments() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(10, 24), nn.ReLU(), nn.Linear(24, 6))
+    x = _correlated_inputs(10, 256).float()
+    batches = list(x.split(64))
+    moments = input_second_moments(net, r"^[02]$", batches, net)
+    assert set(moments) == {"0", "2"}
+    assert torch.allclose(moments["0"], x.double().T @ x.double(), rtol=1e-5)
+    hidden = torch.relu(net[0](x)).double()
+    assert torch.allclose(moments["2"], hidden.T @ hidden, rtol=1e-5)
+    assert all(not m._forward_pre_hooks for m in net)  # hooks removed
+
+    with torch.no_grad():
+        dense_out = net(x)
+        plain, aware = copy.deepcopy(net), copy.deepcopy(net)
+        factorize_linears(plain, r"^0$", rank=3)
+        factorize_linears(aware, r"^0$", rank=3, input_moments=moments)
+        assert (aware[0](x) - net[0](x)).norm() < (plain[0](x) - net[0](x)).norm()
+        assert (aware(x) - dense_out).norm() < (plain(x) - dense_out).norm()
+    with pytest.raises(ValueError, match="no statistics for 1 matched layer.*'2'"):
+        factorize_linears(copy.deepcopy(net), r"^[02]$", rank=3, input_moments={"0": moments["0"]})
+    with pytest.raises(ValueError, match="pattern 'nothing' matches no nn.Linear"):
+        input_second_moments(net, "nothing", batches, net)
 
 
 # --- FactorizedEmbedding ------------------------------------------------------------------
