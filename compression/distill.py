@@ -78,3 +78,20 @@ def teacher_logits(teacher: nn.Module, *inputs, **kwargs) -> Tensor:
         return teacher(*inputs, **kwargs)
     finally:
         teacher.train(was_training)
+
+
+def hidden_state_loss(states: list[Tensor], teacher_states: list[Tensor], attention_mask: Tensor) -> Tensor:
+    """Mean over student layers l = 1..L_s of the MSE, over real tokens, between the student's layer-l
+    hidden state and the teacher's layer round(l * L_t / L_s) (TinyBERT-style alignment).
+
+    `states` / `teacher_states` are [embeddings, layer 1, ..., layer L] lists of (B, T, d) tensors
+    (`BertModel(..., all_hidden_states=True)`); the teacher's are treated as constants.
+    """
+    ls, lt = len(states) - 1, len(teacher_states) - 1
+    if states[-1].shape[-1] != teacher_states[-1].shape[-1]:
+        raise ValueError(f"hidden-state alignment needs equal hidden sizes, student {states[-1].shape[-1]} "
+                         f"vs teacher {teacher_states[-1].shape[-1]}")
+    real = attention_mask.bool()
+    pairs = [(states[layer], teacher_states[round(layer * lt / ls)].detach()) for layer in range(1, ls + 1)]
+    return sum(F.mse_loss(s[real], t[real]) for s, t in pairs) / ls
+

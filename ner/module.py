@@ -16,7 +16,7 @@ from lightning import LightningModule
 from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
 from torch import Tensor, nn
 
-from compression.distill import kd_loss, teacher_logits
+from compression.distill import hidden_state_loss, kd_loss, teacher_logits
 from compression.logit_cache import TeacherLogitCache, row_keys
 from compression.spec import CompressionHooks
 from compression.student import (
@@ -90,6 +90,9 @@ class TaggerModule(BertTask, CompressionHooks, LightningModule):
     rate like 3e-4 an Adam step moves a transition score by ~3e-4: they would barely leave 0).
     `constrained_decoding` (no CRF) decodes by Viterbi over the softmax log-probabilities with
     IOB2-invalid transitions forbidden, instead of a per-word argmax; with a CRF it is implied.
+    `kd_hidden_weight` > 0 adds an MSE between student and teacher hidden states over real tokens
+    (`hidden_state_loss`: student layer l against teacher layer round(l * L_t / L_s), equal widths);
+    it runs the teacher in every step, whatever the logit cache holds.
     `kd_cache` (a folder) caches the teacher's logits per training example on disk
     (`compression.logit_cache`, keyed by the teacher file's SHA-256 and the example's content):
     the teacher runs only for examples not seen before, in this run or an earlier one.
@@ -103,7 +106,7 @@ class TaggerModule(BertTask, CompressionHooks, LightningModule):
         teacher: str | None = None, kd_alpha: float = 0.5, kd_temperature: float = 2.0,
         keep_layers: list[int] | None = None, kd_cache: str | None = None,
         gate_lr: float | None = None, crf: bool = False, crf_lr_scale: float = 100.0,
-        constrained_decoding: bool = False,
+        constrained_decoding: bool = False, kd_hidden_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if not data_spec or not data_spec.get("labels") or not data_spec.get("tokenizer"):
@@ -135,6 +138,9 @@ class TaggerModule(BertTask, CompressionHooks, LightningModule):
             self.hparams["keep_layers"] = None
         self.setup_compression(gate_types, None, l0_lambda)
         check_kd_hparams(kd_alpha, kd_temperature)
+        if kd_hidden_weight < 0 or (kd_hidden_weight and not teacher):
+            raise ValueError(f"kd_hidden_weight must be >= 0 and needs a teacher, got {kd_hidden_weight} "
+                             f"with teacher {teacher!r}")
         attach_teacher(self, load_teacher(TaggerModule, teacher) if teacher else None)
         if self.teacher is not None and self.teacher.labels != self.labels:
             raise ValueError(f"teacher {teacher!r} has labels {self.teacher.labels} but the student has "
@@ -174,11 +180,14 @@ class TaggerModule(BertTask, CompressionHooks, LightningModule):
         self.restore_tokenizer(checkpoint)
         self.load_compression(checkpoint)
 
+    def hidden_states(self, input_ids: Tensor, attention_mask: Tensor, casing: Tensor | None = None) -> list[Tensor]:
+        """[embeddings, layer 1, ..., layer L] hidden states (B, T, d) for padded sub-token ids."""
+        extra = self.casing_embed(casing) if self.casing_embed is not None else None
+        return self.bert(input_ids, attention_mask, extra_embeddings=extra, all_hidden_states=True)
+
     def forward(self, input_ids: Tensor, attention_mask: Tensor, casing: Tensor | None = None) -> Tensor:
         """Label logits (B, T, num_labels) for padded sub-token ids."""
-        extra = self.casing_embed(casing) if self.casing_embed is not None else None
-        hidden = self.bert(input_ids, attention_mask, extra_embeddings=extra)
-        return self.head(self.dropout(hidden))
+        return self.head(self.dropout(self.hidden_states(input_ids, attention_mask, casing)[-1]))
 
     def _logits(self, batch: dict[str, Tensor]) -> Tensor:
         return self(batch["input_ids"], batch["attention_mask"], batch["casing"])
@@ -193,8 +202,18 @@ class TaggerModule(BertTask, CompressionHooks, LightningModule):
 
     def training_loss(self, batch: dict[str, Tensor]) -> Tensor:
         """Mean loss over labelled sub-tokens (CE, or token-level `kd_loss` with a teacher), plus the
-        CRF's word-level sequence NLL when there is a CRF."""
-        logits = self._logits(batch)
+        CRF's word-level sequence NLL when there is a CRF, plus `kd_hidden_weight` times the hidden-state
+        alignment to the teacher."""
+        hidden_loss = None
+        if self.hparams.get("kd_hidden_weight"):
+            inputs = (batch["input_ids"], batch["attention_mask"], batch["casing"])
+            states = self.hidden_states(*inputs)
+            logits = self.head(self.dropout(states[-1]))
+            with torch.no_grad():
+                teacher_states = self.teacher.hidden_states(*inputs)
+            hidden_loss = hidden_state_loss(states, teacher_states, batch["attention_mask"])
+        else:
+            logits = self._logits(batch)
         if self.teacher is None:
             loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE)
         else:
@@ -205,6 +224,8 @@ class TaggerModule(BertTask, CompressionHooks, LightningModule):
             emissions, mask = pack_words(logits, first)
             tags, _ = pack_words(batch["labels"].clamp(min=0), first)
             loss = loss + self.crf.nll(emissions, tags, mask)
+        if hidden_loss is not None:
+            loss = loss + self.hparams.kd_hidden_weight * hidden_loss
         return loss
 
     def teacher_logits(self, batch: dict[str, Tensor]) -> Tensor:

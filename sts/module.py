@@ -32,7 +32,7 @@ from lightning import LightningModule
 from scipy.stats import spearmanr
 from torch import Tensor, nn
 
-from compression.distill import freeze_teacher
+from compression.distill import freeze_teacher, hidden_state_loss
 from compression.spec import CompressionHooks
 from compression.student import attach_teacher, get_teacher, keep_bert_layers, parameter_line, save_kd
 from core.bert import BertConfig, BertModel
@@ -197,12 +197,6 @@ class SentenceEncoderModule(BertTask, CompressionHooks, LightningModule):
             loss = loss + self.hparams.similarity_weight * F.mse_loss(cosine_matrix(student), cosine_matrix(teacher))
         return loss
 
-    def _hidden_loss(self, states: list[Tensor], teacher_states: list[Tensor], mask: Tensor) -> Tensor:
-        ls, lt = len(states) - 1, len(teacher_states) - 1
-        real = mask.bool()
-        pairs = [(states[layer], teacher_states[round(layer * lt / ls)]) for layer in range(1, ls + 1)]
-        return sum(F.mse_loss(s[real], t[real]) for s, t in pairs) / ls
-
     def _teacher_targets(self, batch: dict[str, Tensor]) -> tuple[Tensor, list[Tensor] | None]:
         teacher = self.teacher
         if teacher is None:
@@ -219,8 +213,8 @@ class SentenceEncoderModule(BertTask, CompressionHooks, LightningModule):
         pooled, states = self.embed(batch["input_ids"], batch["attention_mask"], hidden=True)
         loss = self.distill_loss(pooled, target)
         if teacher_states is not None and self.hparams.hidden_weight:
-            loss = loss + self.hparams.hidden_weight * self._hidden_loss(states, teacher_states,
-                                                                         batch["attention_mask"])
+            loss = loss + self.hparams.hidden_weight * hidden_state_loss(states, teacher_states,
+                                                                        batch["attention_mask"])
         if "target_input_ids" in batch:
             loss = loss + self.distill_loss(self.embed(batch["target_input_ids"], batch["target_attention_mask"]),
                                             target)

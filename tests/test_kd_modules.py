@@ -174,6 +174,31 @@ def test_ner_kd_loss_is_the_token_level_formula(tokenizer_file: Path, ner_teache
     torch.testing.assert_close(loss, expected)
 
 
+def test_ner_hidden_state_kd_adds_the_layer_aligned_mse(tokenizer_file: Path, ner_teacher: Path) -> None:
+    one_layer = {**BERT, "num_hidden_layers": 1}
+    student = tagger(tokenizer_file, one_layer, seed=1, casing=True, teacher=str(ner_teacher), kd_hidden_weight=0.5)
+    plain = tagger(tokenizer_file, one_layer, seed=1, casing=True, teacher=str(ner_teacher))
+    b = ner_batch()
+    inputs, real = (b["input_ids"], b["attention_mask"], b["casing"]), b["attention_mask"].bool()
+    with torch.no_grad():
+        last_teacher = student.teacher.hidden_states(*inputs)[-1]  # 1 student layer <-> teacher layer 2 of 2
+    mse = F.mse_loss(student.hidden_states(*inputs)[-1][real], last_teacher[real])
+    loss = student.training_loss(b)
+    torch.testing.assert_close(loss, plain.training_loss(b) + 0.5 * mse)
+    loss.backward()
+    assert student.bert.layers[0].ffn.fc1.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in student.teacher.parameters())
+
+    twin = tagger(tokenizer_file, casing=True, init_from=str(ner_teacher), teacher=str(ner_teacher),
+                  kd_hidden_weight=1.0, kd_alpha=1.0)
+    assert float(twin.training_loss(b).detach()) == pytest.approx(0.0, abs=1e-6)  # same weights: no KL, no MSE
+    narrow = tagger(tokenizer_file, STUDENT_BERT, casing=True, teacher=str(ner_teacher), kd_hidden_weight=1.0)
+    with pytest.raises(ValueError, match="hidden-state alignment needs equal hidden sizes, student 8 vs teacher 16"):
+        narrow.training_loss(b)
+    with pytest.raises(ValueError, match="kd_hidden_weight must be >= 0 and needs a teacher"):
+        tagger(tokenizer_file, kd_hidden_weight=1.0)
+
+
 def test_ner_label_mismatch_is_a_clear_error(tokenizer_file: Path, ner_teacher: Path) -> None:
     with pytest.raises(ValueError, match=r"teacher .* has labels .* must share the label set"):
         tagger(tokenizer_file, STUDENT_BERT, labels=LABELS + ["B-ORG"], teacher=str(ner_teacher))
