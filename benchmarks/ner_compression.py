@@ -325,7 +325,7 @@ def main() -> None:
             minutes = train(model, dm, epochs, lr, args)
         row = {**evaluate(name, model, teacher, dm, args), "epochs": epochs, "train_minutes": minutes,
                "git_commit": launch_commit, "command": " ".join(sys.argv[1:]),
-               "kd": model.teacher is not None, "kd_hidden_weight": model.hparams.kd_hidden_weight, **notes}
+               "kd": model.teacher is not None, "kd_hidden_weight": model.hparams.get("kd_hidden_weight", 0.0), **notes}
         if name != "teacher":
             row["reload_identical"] = reloads_identically(model, dm, args.work_dir / f"{name}.ckpt")
         teacher_f1 = next((r["test_f1"] for r in results["rows"] if r["name"] == "teacher"), row["test_f1"])
