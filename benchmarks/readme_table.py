@@ -88,14 +88,14 @@ def _equal_speed(rows: list[dict]) -> list[str]:
 
 def ner_compression_rows(r: dict) -> list[str]:
     """Rows for benchmarks/results/ner_compression.json (issue 4), one per compressed tagger."""
-    rows = ["| CoNLL-2003 compression (teacher: MiniLM tagger) | params | test F1 | Δ F1 (points) | dev F1 "
-            "| tag speed-up b1 / b32 | epochs |", "|---|---|---|---|---|---|---|"]
+    decoding = "IOB2-constrained" if r["settings"].get("constrained") else "argmax"
+    rows = [f"| CoNLL-2003 compression (teacher: MiniLM tagger; {decoding} decoding) | params | test F1 "
+            "| Δ F1 (points) | dev F1 | tag speed-up b1 / b32 | epochs | git |", "|---|---|---|---|---|---|---|---|"]
     for row in r["rows"]:
         speed = row["infer_sents_per_s"]
         rows.append(f"| {row['name']} | {row['params']['total'] / 1e6:.2f}M | {row['test_f1']:.4f} "
-                    f"| {-100 * row['f1_drop']:+.2f} | {row['dev_f1']:.4f} | {speed['batch_1']['speedup']:.2f}× / "
-                    f"{speed['batch_32']['speedup']:.2f}× | {row['epochs']} |")
-    rows.append(f"| measured at | `{r['git_commit'][:10]}`, `python benchmarks/ner_compression.py` | | | | | |")
+                    f"| {0.0 - 100 * row['f1_drop']:+.2f} | {row['dev_f1']:.4f} | {speed['batch_1']['speedup']:.2f}× / "
+                    f"{speed['batch_32']['speedup']:.2f}× | {row['epochs']} | `{row['git_commit'][:7]}` |")
     return rows
 
 
