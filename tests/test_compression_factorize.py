@@ -244,6 +244,9 @@ def test_frequency_weighted_embedding_is_the_weighted_optimum() -> None:
     dense = nn.Embedding(30, 8)
     weights = token_frequency_weights([[1, 1, 1, 2, 5], [5, 5, 5, 5, 29]], 30)
     assert weights[5].item() == pytest.approx(6**0.5) and weights[0].item() == 1.0  # sqrt(1 + 5 occurrences)
+    assert token_frequency_weights([[5, 5]], 30, prior=10.0)[5].item() == pytest.approx(12**0.5)
+    with pytest.raises(ValueError, match="prior must be > 0"):
+        token_frequency_weights([[5]], 30, prior=0.0)
     w = weights.double()[:, None]
     fact = FactorizedEmbedding.from_embedding(dense, 3, row_weights=weights)
     plain = FactorizedEmbedding.from_embedding(dense, 3)

@@ -1,0 +1,95 @@
+"""How good is each SVD initialisation of the compressed tagger *before* fine-tuning (issue 4)?
+
+    python benchmarks/svd_init.py --teacher T.ckpt                       # ~4 min on 2 CPU cores
+    python benchmarks/svd_init.py --teacher T.ckpt --max-eval-sentences 64 --out /tmp/svd_init.json
+
+CoNLL-2003 dev F1 (eng.testa, IOB2-constrained decoding) of the teacher with
+  - its word embedding at rank 64: plain SVD, and SVD weighted by sqrt(prior + count) of each token in
+    the training data for priors 1, 10 and 100;
+  - then (on the prior-1 embedding, as in `ner_compression.py`) every encoder nn.Linear at the rank
+    giving >= 2x fewer encoder parameters: plain SVD of W, and activation-aware SVD (best fit of the
+    layer outputs on the inputs of `--calibration-batches` training batches).
+Dev, not test: these numbers choose the initialisation. Written to `benchmarks/results/ner_svd_init.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import lightning as L
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ner_compression import EMB_RANK, LINEARS, rank_for_reduction  # noqa: E402
+
+from compression.factorize import (  # noqa: E402
+    factorize_embedding,
+    factorize_linears,
+    input_second_moments,
+    token_frequency_weights,
+)
+from core.training import git_commit  # noqa: E402
+from ner.data import CoNLLDataModule  # noqa: E402
+from ner.module import TaggerModule  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+PRIORS = (1.0, 10.0, 100.0)
+
+
+def main() -> None:
+    """Score every initialisation on dev and write the JSON."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--teacher", type=Path, required=True, help="fine-tuned TaggerModule checkpoint")
+    p.add_argument("--calibration-batches", type=int, default=32)
+    p.add_argument("--max-eval-sentences", type=int, default=None, help="first N dev sentences")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/ner_svd_init.json")
+    args = p.parse_args()
+    commit = git_commit()
+    dm = CoNLLDataModule(max_eval_sentences=args.max_eval_sentences)
+    dm.setup()
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    train_ids = [e.input_ids for e in dm.examples["train"]]
+
+    def teacher() -> TaggerModule:
+        model = TaggerModule.load_from_checkpoint(args.teacher, map_location="cpu", weights_only=False, teacher=None)
+        model.hparams.constrained_decoding = True
+        return model.eval()
+
+    def dev_f1(model: TaggerModule) -> float:
+        [dev] = trainer.validate(model, dm, verbose=False)
+        return dev["val/f1"]
+
+    rows = {"teacher": dev_f1(teacher())}
+    vocab = teacher().bert.cfg.vocab_size
+    for prior in (None, *PRIORS):
+        model = teacher()
+        weights = None if prior is None else token_frequency_weights(train_ids, vocab, prior)
+        factorize_embedding(model.bert, EMB_RANK, row_weights=weights)
+        rows["emb_h64_plain" if prior is None else f"emb_h64_weighted_prior{prior:g}"] = dev_f1(model)
+        print(rows, flush=True)
+    for aware in (False, True):
+        model = teacher()
+        rank = rank_for_reduction(model.bert, LINEARS)
+        factorize_embedding(model.bert, EMB_RANK, row_weights=token_frequency_weights(train_ids, vocab))
+        moments = None
+        if aware:
+            batches = list(itertools.islice(iter(dm.train_dataloader()), args.calibration_batches))
+            moments = input_second_moments(model.bert, LINEARS, batches,
+                                           lambda b, m=model: m(b["input_ids"], b["attention_mask"], b["casing"]))
+        factorize_linears(model.bert, LINEARS, rank, input_moments=moments)
+        rows[f"svd_linear_r{rank}_{'activation_aware' if aware else 'plain'}_emb_h64"] = dev_f1(model)
+        print(rows, flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"benchmark": "untuned SVD initialisations, dev F1 (issue 4)",
+                                    "teacher": str(args.teacher), "git_commit": commit,
+                                    "decoding": "IOB2-constrained", "dev_f1": rows,
+                                    "settings": {k: str(v) for k, v in vars(args).items()}}, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
