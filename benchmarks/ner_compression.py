@@ -11,7 +11,8 @@ Rows (the teacher is the fine-tuned tagger; every student starts from its weight
   svd_linear_emb_h64  + every encoder nn.Linear SVD-factorised to one rank (`--linear-rank`, default
                       the largest giving >= 2x fewer encoder parameters), fine-tuned. The SVD is
                       activation-aware: it best preserves each layer's outputs on the inputs of
-                      `--calibration-batches` training batches (untuned dev F1 0.835 vs 0.660 plain).
+                      `--calibration-batches` training batches (untuned dev F1 0.840 vs 0.693
+                      plain: benchmarks/svd_init.py).
   kd_student_6m       `--student-layers` of the teacher's 6 layers (auto: the pair with the lowest
                       KD loss before training) + rank-64 embedding, <= 6M parameters, distilled.
   student_6m_no_kd    the same student trained with cross-entropy only (what KD adds).
