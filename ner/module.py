@@ -138,9 +138,8 @@ class TaggerModule(BertTask, CompressionHooks, LightningModule):
             self.hparams["keep_layers"] = None
         self.setup_compression(gate_types, None, l0_lambda)
         check_kd_hparams(kd_alpha, kd_temperature)
-        if kd_hidden_weight < 0 or (kd_hidden_weight and not teacher):
-            raise ValueError(f"kd_hidden_weight must be >= 0 and needs a teacher, got {kd_hidden_weight} "
-                             f"with teacher {teacher!r}")
+        if kd_hidden_weight < 0:
+            raise ValueError(f"kd_hidden_weight must be >= 0, got {kd_hidden_weight}")
         attach_teacher(self, load_teacher(TaggerModule, teacher) if teacher else None)
         if self.teacher is not None and self.teacher.labels != self.labels:
             raise ValueError(f"teacher {teacher!r} has labels {self.teacher.labels} but the student has "
@@ -162,6 +161,8 @@ class TaggerModule(BertTask, CompressionHooks, LightningModule):
     def on_fit_start(self) -> None:
         """Print the exact parameter count; move the teacher to this device, frozen."""
         self.print(f"[model] student {parameter_line(self)}")
+        if self.hparams.get("kd_hidden_weight") and self.teacher is None:  # (a reloaded student has no teacher)
+            raise ValueError(f"kd_hidden_weight {self.hparams.kd_hidden_weight} needs a teacher to train")
         if prepare_teacher(self, self.device) is not None:
             self.print(f"[kd] teacher {self.hparams.teacher}: {parameter_line(self.teacher)}; "
                        f"alpha {self.hparams.kd_alpha}, T {self.hparams.kd_temperature}")
