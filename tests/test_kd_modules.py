@@ -195,8 +195,22 @@ def test_ner_hidden_state_kd_adds_the_layer_aligned_mse(tokenizer_file: Path, ne
     narrow = tagger(tokenizer_file, STUDENT_BERT, casing=True, teacher=str(ner_teacher), kd_hidden_weight=1.0)
     with pytest.raises(ValueError, match="hidden-state alignment needs equal hidden sizes, student 8 vs teacher 16"):
         narrow.training_loss(b)
-    with pytest.raises(ValueError, match="kd_hidden_weight must be >= 0 and needs a teacher"):
-        tagger(tokenizer_file, kd_hidden_weight=1.0)
+    with pytest.raises(ValueError, match="kd_hidden_weight must be >= 0"):
+        tagger(tokenizer_file, kd_hidden_weight=-1.0)
+
+
+def test_ner_hidden_state_kd_student_reloads_alone(tokenizer_file: Path, ner_teacher: Path, tmp_path: Path) -> None:
+    student = tagger(tokenizer_file, seed=1, casing=True, teacher=str(ner_teacher), kd_hidden_weight=1.0)
+    path = tmp_path / "student.ckpt"
+    save_like_lightning(student, path)
+    loaded = TaggerModule.load_from_checkpoint(path, map_location="cpu", weights_only=False)
+    assert loaded.teacher is None and loaded.hparams.kd_hidden_weight == 1.0
+    b = ner_batch()
+    inputs = (b["input_ids"], b["attention_mask"], b["casing"])
+    torch.testing.assert_close(loaded.eval()(*inputs), student.eval()(*inputs))
+    loaded.print = lambda *a, **k: None  # on_fit_start prints the parameter count first
+    with pytest.raises(ValueError, match="kd_hidden_weight 1.0 needs a teacher to train"):
+        loaded.on_fit_start()
 
 
 def test_ner_label_mismatch_is_a_clear_error(tokenizer_file: Path, ner_teacher: Path) -> None:
