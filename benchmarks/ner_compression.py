@@ -134,6 +134,16 @@ def pick(args: argparse.Namespace, dm: CoNLLDataModule, teacher: TaggerModule, c
     return best, losses
 
 
+def calibration_moments(model: TaggerModule, dm: CoNLLDataModule, batches: int) -> dict | None:
+    """X X^T of the inputs of every encoder linear (LINEARS) over the first `batches` training
+    batches, in eval mode, for activation-aware SVD; None (plain SVD) for 0 batches."""
+    if not batches:
+        return None
+    model.eval()
+    return input_second_moments(model.bert, LINEARS, itertools.islice(iter(dm.train_dataloader()), batches),
+                                lambda b: model(b["input_ids"], b["attention_mask"], b["casing"]))
+
+
 def with_factorised_embedding(model: TaggerModule, args: argparse.Namespace) -> TaggerModule:
     """`model` with its word embedding replaced by the rank-EMB_RANK SVD weighted by training-token
     frequency (after construction, so the compression spec records it and the checkpoint reloads)."""
@@ -152,12 +162,7 @@ def make_row(name: str, args: argparse.Namespace, dm: CoNLLDataModule, teacher: 
         rank = args.linear_rank or rank_for_reduction(model.bert, LINEARS)
         before = parameter_counts(model.bert)["non_embedding"]
         with_factorised_embedding(model, args)
-        moments = None
-        if args.calibration_batches:  # activation-aware SVD: keep what the layers' real inputs use
-            batches = list(itertools.islice(iter(dm.train_dataloader()), args.calibration_batches))
-            model.eval()
-            moments = input_second_moments(model.bert, LINEARS, batches,
-                                           lambda b: model(b["input_ids"], b["attention_mask"], b["casing"]))
+        moments = calibration_moments(model, dm, args.calibration_batches)  # activation-aware: real inputs
         factorize_linears(model.bert, LINEARS, rank, input_moments=moments)
         after = parameter_counts(model.bert)["non_embedding"]
         return model, args.finetune_epochs, args.finetune_lr, {

@@ -15,7 +15,6 @@ Dev, not test: these numbers choose the initialisation. Written to `benchmarks/r
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import sys
 from pathlib import Path
@@ -24,14 +23,9 @@ import lightning as L
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ner_compression import EMB_RANK, LINEARS, rank_for_reduction  # noqa: E402
+from ner_compression import EMB_RANK, LINEARS, calibration_moments, rank_for_reduction  # noqa: E402
 
-from compression.factorize import (  # noqa: E402
-    factorize_embedding,
-    factorize_linears,
-    input_second_moments,
-    token_frequency_weights,
-)
+from compression.factorize import factorize_embedding, factorize_linears, token_frequency_weights  # noqa: E402
 from core.training import git_commit  # noqa: E402
 from ner.data import CoNLLDataModule  # noqa: E402
 from ner.module import TaggerModule  # noqa: E402
@@ -75,11 +69,7 @@ def main() -> None:
         model = teacher()
         rank = rank_for_reduction(model.bert, LINEARS)
         factorize_embedding(model.bert, EMB_RANK, row_weights=token_frequency_weights(train_ids, vocab))
-        moments = None
-        if aware:
-            batches = list(itertools.islice(iter(dm.train_dataloader()), args.calibration_batches))
-            moments = input_second_moments(model.bert, LINEARS, batches,
-                                           lambda b, m=model: m(b["input_ids"], b["attention_mask"], b["casing"]))
+        moments = calibration_moments(model, dm, args.calibration_batches if aware else 0)
         factorize_linears(model.bert, LINEARS, rank, input_moments=moments)
         rows[f"svd_linear_r{rank}_{'activation_aware' if aware else 'plain'}_emb_h64"] = dev_f1(model)
         print(rows, flush=True)
