@@ -92,7 +92,7 @@ class TaggerModule(BertTask, CompressionHooks, LightningModule):
     IOB2-invalid transitions forbidden, instead of a per-word argmax; with a CRF it is implied.
     `kd_hidden_weight` > 0 adds an MSE between student and teacher hidden states over real tokens
     (`hidden_state_loss`: student layer l against teacher layer round(l * L_t / L_s), equal widths);
-    it runs the teacher in every step, whatever the logit cache holds.
+    it runs the teacher in every step and takes the teacher logits from that same pass (no cache).
     `kd_cache` (a folder) caches the teacher's logits per training example on disk
     (`compression.logit_cache`, keyed by the teacher file's SHA-256 and the example's content):
     the teacher runs only for examples not seen before, in this run or an earlier one.
@@ -205,20 +205,21 @@ class TaggerModule(BertTask, CompressionHooks, LightningModule):
         """Mean loss over labelled sub-tokens (CE, or token-level `kd_loss` with a teacher), plus the
         CRF's word-level sequence NLL when there is a CRF, plus `kd_hidden_weight` times the hidden-state
         alignment to the teacher."""
-        hidden_loss = None
+        hidden_loss = teacher_out = None
         if self.hparams.get("kd_hidden_weight"):
             inputs = (batch["input_ids"], batch["attention_mask"], batch["casing"])
             states = self.hidden_states(*inputs)
             logits = self.head(self.dropout(states[-1]))
-            with torch.no_grad():
+            with torch.no_grad():  # the teacher runs anyway: its logits come from the same pass (eval: no dropout)
                 teacher_states = self.teacher.hidden_states(*inputs)
+                teacher_out = self.teacher.head(teacher_states[-1])
             hidden_loss = hidden_state_loss(states, teacher_states, batch["attention_mask"])
         else:
             logits = self._logits(batch)
         if self.teacher is None:
             loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE)
         else:
-            loss = kd_loss(logits, self.teacher_logits(batch), batch["labels"],
+            loss = kd_loss(logits, self.teacher_logits(batch) if teacher_out is None else teacher_out, batch["labels"],
                            temperature=self.hparams.kd_temperature, alpha=self.hparams.kd_alpha, ignore_index=IGNORE)
         if self.crf is not None:
             first = first_subtoken_mask(batch["word_ids"])
