@@ -15,8 +15,8 @@
    every stage, so partial results survive) and `report.md`.
 
 With `baselines` the same report also has: the pruned model without distillation, a
-same-size student from random init and a `keep_layers` (DistilBERT-style) student, both
-distilled the same way.
+same-size student from random init (unless `random_init_baseline` is false) and a
+`keep_layers` (DistilBERT-style) student per `drop_layers_keep`, all distilled the same way.
 """
 
 from __future__ import annotations
@@ -83,6 +83,7 @@ class PipelineConfig:
     hidden_weight: float = 0.0
     similarity_weight: float = 0.0
     baselines: bool = True
+    random_init_baseline: bool = True  # False: only the layer-dropping baselines (the equal-speed verdict)
     drop_layers_keep: list[list[int]] = field(default_factory=lambda: [[0, 2, 4]])
     latency_batch_sizes: list[int] = field(default_factory=lambda: [1, 16, 64])
     latency_repeats: int = 10
@@ -275,11 +276,12 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     save_checkpoint(student, out / "student.ckpt")
     final_shape = {**shape, **student_shape} if cfg.prune_steps > 1 else shape
     stage("pruned + distilled", student, _as_scores(metrics), **final_shape, checkpoint=str(out / "student.ckpt"))
-    if cfg.baselines:
+    if cfg.baselines and cfg.random_init_baseline:
         scratch = reinitialise_module(copy.deepcopy(pruned))
         attach_teacher(scratch, teacher)
         stage("same size, random init + distilled", scratch,
               _as_scores(distil(scratch, dm, cfg, "random_init_distilled", cache)), **shape)
+    if cfg.baselines:
         for keep in cfg.drop_layers_keep:
             dropped = new(keep_layers=keep)
             attach_teacher(dropped, teacher)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+import transformers
 from conftest import DATA, requires_data, save_like_lightning
+from safetensors.torch import save_file
 from scipy.stats import spearmanr
 from tokenizers import BertWordPieceTokenizer
 
@@ -27,6 +31,7 @@ from sts.pipeline import (
     markdown_table,
     prune_and_distil_iteratively,
     prune_by_taylor,
+    run_pipeline,
 )
 from sts.timing import equal_speed_comparison
 
@@ -254,6 +259,35 @@ def test_bad_inputs_give_one_clear_error(tokenizer_file: Path, tmp_path: Path) -
     attach_teacher(student, tiny_module(tokenizer_file))
     with pytest.raises(ValueError, match="different tokenizer vocabularies"):
         student.setup("fit")
+
+
+def test_pipeline_end_to_end_on_a_tiny_hf_teacher(tokenizer_file: Path, tmp_path: Path) -> None:
+    """score -> prune -> distil -> report on a tiny HF-format folder: the rows asked for, a student that
+    reloads alone with the pruned shape, JSON and markdown written."""
+    folder = tmp_path / "teacher"
+    folder.mkdir()
+    shutil.copy(tokenizer_file, folder / "tokenizer.json")
+    vocab = load_tokenizer(tokenizer_file).get_vocab_size()
+    torch.manual_seed(0)
+    hf = transformers.BertModel(transformers.BertConfig(**{**TINY, "vocab_size": vocab}), add_pooling_layer=False)
+    (folder / "config.json").write_text(json.dumps(hf.config.to_dict()))
+    save_file({k: v.contiguous() for k, v in hf.state_dict().items()}, folder / "model.safetensors")
+    dm = tiny_datamodule(tokenizer_file, tmp_path, 32)
+    sts = dm.hparams.sts_files["en"]
+    cfg = PipelineConfig(train_files=dm.hparams.train_files, sts_files={"en": sts}, score_file=sts, score_pairs=16,
+                         teacher=str(folder), prune_heads=0.5, prune_ffn=0.5, max_length=32, batch_size=16,
+                         epochs=1, random_init_baseline=False, drop_layers_keep=[[1]], latency_batch_sizes=[1, 16],
+                         latency_repeats=1, output_dir=str(tmp_path / "out"))
+    report = run_pipeline(cfg)
+    names = [row["name"] for row in report["rows"]]
+    assert names == ["teacher", "pruned, no distillation", "pruned + distilled", "layers [1] kept + distilled"]
+    assert all(set(row["latency_ms"]) == {"1", "16"} and "spearman_en" in row for row in report["rows"])
+    assert report["rows"][2]["params"] < report["rows"][0]["params"]
+    assert json.loads((tmp_path / "out/report.json").read_text())["rows"][3]["kept_layers"] == [1]
+    assert "layers [1] kept + distilled" in (tmp_path / "out/report.md").read_text()
+    student = SentenceEncoderModule.load_from_checkpoint(tmp_path / "out/student.ckpt", weights_only=False).eval()
+    heads = [layer.self_attn.num_heads for layer in student.bert.layers]
+    assert heads == report["rows"][2]["heads_per_layer"] and sum(heads) == 4
 
 
 @requires_data
