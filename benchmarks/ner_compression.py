@@ -117,7 +117,8 @@ def build(args: argparse.Namespace, dm: CoNLLDataModule, teacher: TaggerModule, 
         bert_config=teacher.hparams.bert_config, casing=teacher.hparams.casing, dropout=0.1, data_spec=dm.spec(),
         init_from=str(args.teacher), teacher=str(args.teacher) if kd else None, kd_alpha=args.kd_alpha,
         kd_temperature=args.kd_temperature, kd_cache=str(args.cache_dir) if kd else None,
-        kd_hidden_weight=args.hidden_weight if kd else 0.0, constrained_decoding=args.constrained, **kw)
+        kd_hidden_weight=args.hidden_weight if kd else 0.0, constrained_decoding=args.constrained,
+        embedding_lr_scale=args.embedding_lr_scale, **kw)
 
 
 def pick(args: argparse.Namespace, dm: CoNLLDataModule, teacher: TaggerModule, candidates: list, key: str) -> tuple:
@@ -281,6 +282,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--kd-temperature", type=float, default=2.0)
     p.add_argument("--hidden-weight", type=float, default=0.0,
                    help="weight of the hidden-state alignment to the teacher in every KD row (0: logits only)")
+    p.add_argument("--embedding-lr-scale", type=float, default=1.0,
+                   help="word-embedding rows train undecayed at this multiple of the rate (TaggerModule)")
     p.add_argument("--max-sentences", type=int, default=None, help="first N training sentences")
     p.add_argument("--max-eval-sentences", type=int, default=None, help="first N dev/test sentences")
     p.add_argument("--speed-sentences", type=int, default=256)
@@ -331,7 +334,8 @@ def main() -> None:
             minutes = train(model, dm, epochs, lr, args)
         row = {**evaluate(name, model, teacher, dm, args), "epochs": epochs, "train_minutes": minutes,
                "git_commit": launch_commit, "command": " ".join(sys.argv[1:]),
-               "kd": model.teacher is not None, "kd_hidden_weight": model.hparams.get("kd_hidden_weight", 0.0), **notes}
+               "kd": model.teacher is not None, "kd_hidden_weight": model.hparams.get("kd_hidden_weight", 0.0),
+               "embedding_lr_scale": model.hparams.get("embedding_lr_scale", 1.0), **notes}
         if name != "teacher":
             row["reload_identical"] = reloads_identically(model, dm, args.work_dir / f"{name}.ckpt")
         teacher_f1 = next((r["test_f1"] for r in results["rows"] if r["name"] == "teacher"), row["test_f1"])

@@ -36,6 +36,7 @@ import torch
 SAME_ENTRIES = ("compression", "vocab", "tokenizer_json")
 TRAINING_ONLY = frozenset({
     "lr", "weight_decay", "optimizer", "betas", "label_smoothing", "l0_lambda", "gate_lr", "crf_lr_scale",  # optim.
+    "embedding_lr_scale",
     "teacher", "kd_alpha", "kd_temperature", "kd_cache", "kd_hidden_weight", "init_from", "checkpoint_dir",  # KD
     "val_beam_size", "test_beam_size", "length_penalty", "max_len_a", "max_len_b", "num_samples",  # decoding
     "constrained_decoding",

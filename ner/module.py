@@ -93,6 +93,9 @@ class TaggerModule(BertTask, CompressionHooks, LightningModule):
     `kd_hidden_weight` > 0 adds an MSE between student and teacher hidden states over real tokens
     (`hidden_state_loss`: student layer l against teacher layer round(l * L_t / L_s), equal widths);
     it runs the teacher in every step and takes the teacher logits from that same pass (no cache).
+    `embedding_lr_scale` trains the word-embedding table (of a factorised embedding: the per-token
+    rows, not the shared projection) undecayed at that multiple of the scheduled rate: a token seen
+    a few times per epoch gets a few Adam steps, too few at a fine-tuning rate to move its row.
     `kd_cache` (a folder) caches the teacher's logits per training example on disk
     (`compression.logit_cache`, keyed by the teacher file's SHA-256 and the example's content):
     the teacher runs only for examples not seen before, in this run or an earlier one.
@@ -106,7 +109,7 @@ class TaggerModule(BertTask, CompressionHooks, LightningModule):
         teacher: str | None = None, kd_alpha: float = 0.5, kd_temperature: float = 2.0,
         keep_layers: list[int] | None = None, kd_cache: str | None = None,
         gate_lr: float | None = None, crf: bool = False, crf_lr_scale: float = 100.0,
-        constrained_decoding: bool = False, kd_hidden_weight: float = 0.0,
+        constrained_decoding: bool = False, kd_hidden_weight: float = 0.0, embedding_lr_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if not data_spec or not data_spec.get("labels") or not data_spec.get("tokenizer"):
@@ -328,22 +331,26 @@ class TaggerModule(BertTask, CompressionHooks, LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """AdamW; biases and LayerNorm parameters are not decayed; gates get `gate_lr` if set; the
-        CRF's scores train undecayed at `crf_lr_scale` times the (scheduled) rate."""
+        CRF's scores and (with `embedding_lr_scale` != 1) the word-embedding table train undecayed at
+        their scale times the (scheduled) rate."""
         norms = {id(p) for m in self.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()}
         gate_ids, gate_group = self.split_gate_parameters(self.hparams.get("gate_lr"))
-        crf_group = []
+        scaled = []  # (parameters, scale) trained undecayed at their own multiple of the rate
         if self.crf is not None:
-            scale = float(self.hparams.crf_lr_scale)
-            crf_group = [{"params": list(self.crf.parameters()), "weight_decay": 0.0, "lr": self.hparams.lr * scale,
-                          "lr_scale": scale}]
-        separate = gate_ids | {id(p) for group in crf_group for p in group["params"]}
+            scaled.append((list(self.crf.parameters()), float(self.hparams.crf_lr_scale)))
+        if (embedding_scale := float(self.hparams.get("embedding_lr_scale", 1.0))) != 1.0:
+            words = self.bert.embeddings.word_embeddings
+            scaled.append(([getattr(words, "table", words).weight], embedding_scale))
+        scaled_groups = [{"params": params, "weight_decay": 0.0, "lr": self.hparams.lr * scale, "lr_scale": scale}
+                         for params, scale in scaled]
+        separate = gate_ids | {id(p) for group in scaled_groups for p in group["params"]}
         decay, no_decay = [], []
         for name, p in self.named_parameters():
             if id(p) not in separate:
                 (no_decay if name.endswith("bias") or id(p) in norms else decay).append(p)
         return torch.optim.AdamW(
             [{"params": decay, "weight_decay": self.hparams.weight_decay},
-             {"params": no_decay, "weight_decay": 0.0}, *gate_group, *crf_group],
+             {"params": no_decay, "weight_decay": 0.0}, *gate_group, *scaled_groups],
             lr=self.hparams.lr,
         )
 

@@ -158,6 +158,20 @@ def test_crf_scores_train_undecayed_at_a_scaled_rate(tiny_tokenizer: Path) -> No
     assert sum(len(g["params"]) for g in encoder_groups) == len(list(model.parameters())) - 3
 
 
+def test_word_embedding_rows_train_undecayed_at_a_scaled_rate(tiny_tokenizer: Path) -> None:
+    spec = {"labels": ["O", "B-PER", "I-PER"], "tokenizer": str(tiny_tokenizer)}
+    for rank in (None, 8):  # the dense table, and the rows (not the projection) of a factorised one
+        model = TaggerModule(bert_config=tiny_bert_config(120), data_spec=spec, lr=1e-4, embedding_lr_scale=20.0,
+                             factorize_embedding_rank=rank)
+        words = model.bert.embeddings.word_embeddings
+        *others, rows = model.configure_optimizers().param_groups
+        assert [id(p) for p in rows["params"]] == [id(getattr(words, "table", words).weight)]
+        assert rows["weight_decay"] == 0.0 and rows["lr"] == pytest.approx(2e-3) and rows["lr_scale"] == 20.0
+        assert sum(len(g["params"]) for g in others) == len(list(model.parameters())) - 1
+    default = TaggerModule(bert_config=tiny_bert_config(120), data_spec=spec).configure_optimizers()
+    assert len(default.param_groups) == 2  # scale 1: the table trains with the rest
+
+
 def test_module_errors(tiny_tokenizer: Path) -> None:
     with pytest.raises(ValueError, match="needs data_spec with 'labels'"):
         TaggerModule(bert_config=tiny_bert_config(120))
