@@ -49,8 +49,9 @@ def equal_speed_comparison(rows: list[dict], batch_size: int = 16, name: str = "
 
     Speed = the teacher's median ms / the row's at that batch size (`latency_ms`). The layer-dropping
     curve is the teacher (all layers, 1.0x) plus every `kept_layers` row, as (speed-up, % of the
-    teacher). Beyond the fastest measured point it is not extrapolated (None): the comparison needs
-    a baseline at least as fast as the pruned model. The verdict can differ by batch size: width
+    teacher). Beyond the fastest measured point it is not extrapolated (None), with one exception:
+    a model faster *and* better than the fastest layer-dropped row beats it (`dominates`), as long as
+    dropping more layers does not raise quality. The verdict can differ by batch size: width
     pruning trims attention (more of the cost in long padded batches), layer dropping also the
     fixed per-layer cost (more of it in small batches).
     """
@@ -58,18 +59,22 @@ def equal_speed_comparison(rows: list[dict], batch_size: int = 16, name: str = "
     row = next((r for r in rows if r["name"] == name), None)
     if "teacher" not in ms or row is None or name not in ms or "quality_vs_teacher" not in row:
         return None
-    curve = sorted((ms["teacher"] / ms[r["name"]], r["quality_vs_teacher"]) for r in rows
+    curve = sorted((ms["teacher"] / ms[r["name"]], r["quality_vs_teacher"], r["name"]) for r in rows
                    if ("kept_layers" in r or r["name"] == "teacher") and r["name"] in ms and "quality_vs_teacher" in r)
     if len(curve) < 2:  # no layer-dropping row to compare with
         return None
-    speed = ms["teacher"] / ms[name]
+    speed, quality = ms["teacher"] / ms[name], row["quality_vs_teacher"]
     at_speed = None
-    for (s0, q0), (s1, q1) in pairwise(curve):
+    for (s0, q0, _), (s1, q1, _) in pairwise(curve):
         if s0 <= speed <= s1:
             at_speed = q0 + (q1 - q0) * (speed - s0) / (s1 - s0) if s1 > s0 else max(q0, q1)
-    return {"model": name, "batch_size": batch_size, "speedup": speed, "quality_vs_teacher": row["quality_vs_teacher"],
-            "layer_dropping_quality_at_equal_speed": at_speed,
-            "beats_layer_dropping": None if at_speed is None else row["quality_vs_teacher"] > at_speed}
+    fastest_speed, fastest_quality, fastest = curve[-1]
+    dominates = at_speed is None and speed > fastest_speed and quality > fastest_quality
+    beats = True if dominates else None if at_speed is None else quality > at_speed
+    return {"model": name, "batch_size": batch_size, "speedup": speed, "quality_vs_teacher": quality,
+            "layer_dropping_quality_at_equal_speed": at_speed, "beats_layer_dropping": beats,
+            "dominates": {"name": fastest, "speedup": fastest_speed, "quality_vs_teacher": fastest_quality}
+            if dominates else None}
 
 
 def equal_speed_lines(rows: list[dict], batch_sizes: list[int]) -> list[str]:
@@ -78,6 +83,12 @@ def equal_speed_lines(rows: list[dict], batch_sizes: list[int]) -> list[str]:
     for b in batch_sizes:
         equal = equal_speed_comparison(rows, b)
         if equal is None:
+            continue
+        if equal.get("dominates"):
+            fastest = equal["dominates"]
+            lines.append(f"Batch {b}: {equal['model']} ({equal['speedup']:.2f}x, {equal['quality_vs_teacher']:.2f} %) "
+                         f"is faster and better than the fastest layer-dropping row ({fastest['name']}: "
+                         f"{fastest['speedup']:.2f}x, {fastest['quality_vs_teacher']:.2f} %): it beats layer dropping.")
             continue
         if equal["layer_dropping_quality_at_equal_speed"] is None:
             lines.append(f"Batch {b}: {equal['model']} runs at {equal['speedup']:.2f}x, outside the measured "

@@ -229,7 +229,14 @@ def test_equal_speed_comparison_interpolates_the_layer_dropping_curve() -> None:
     assert equal_speed_comparison(rows, 64)["layer_dropping_quality_at_equal_speed"] == pytest.approx(99.8)
     table = markdown_table({"rows": rows, "latency_batch_sizes": [16, 64]})
     assert "keeps 99.10 %" in table and "(does not beat it)" in table and "keeps 99.80 %" in table
-    rows[1]["latency_ms"]["16"] = 32.0 / 2.2  # faster than every layer-dropping row: no extrapolated verdict
+    rows[1]["latency_ms"]["16"] = 32.0 / 2.2  # faster than every layer-dropping row and better than the fastest
+    equal = equal_speed_comparison(rows)
+    assert equal["beats_layer_dropping"] is True and equal["layer_dropping_quality_at_equal_speed"] is None
+    assert equal["dominates"] == {"name": "layers [0, 2, 4] kept + distilled", "speedup": 2.0,
+                                  "quality_vs_teacher": 97.5}
+    assert "faster and better than the fastest layer-dropping row" in markdown_table(
+        {"rows": rows, "latency_batch_sizes": [16]})
+    rows[1]["quality_vs_teacher"] = 97.0  # faster but worse: no extrapolated verdict
     assert equal_speed_comparison(rows)["beats_layer_dropping"] is None
     assert "outside the measured layer-dropping range" in markdown_table({"rows": rows, "latency_batch_sizes": [16]})
     assert equal_speed_comparison(rows[:2]) is None  # no layer-dropping row at all
