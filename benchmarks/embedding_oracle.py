@@ -24,10 +24,11 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from compression.factorize import token_frequency_weights  # noqa: E402
+from ner_compression import load_for_scoring  # noqa: E402
+
+from compression.factorize import token_counts  # noqa: E402
 from core.training import git_commit  # noqa: E402
 from ner.data import CoNLLDataModule  # noqa: E402
-from ner.module import TaggerModule  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BUCKETS = {"unseen": (0, 1), "1-4": (1, 5), "5-49": (5, 50), ">=50": (50, None)}
@@ -75,16 +76,13 @@ def main() -> None:
     dm = CoNLLDataModule(max_eval_sentences=args.max_eval_sentences)
     dm.setup()
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
-    load = lambda path: TaggerModule.load_from_checkpoint(path, map_location="cpu", weights_only=False,  # noqa: E731
-                                                          teacher=None).eval()
-    teacher, student = load(args.teacher), load(args.student)
-    student.hparams.constrained_decoding = True
+    teacher, student = load_for_scoring(args.teacher), load_for_scoring(args.student)
     words = student.bert.embeddings.word_embeddings
     if not hasattr(words, "table"):
         raise ValueError(f"{args.student}: its word embedding is not factorised (no rank-H table)")
     vocab = teacher.bert.cfg.vocab_size
-    counts = token_frequency_weights([e.input_ids for e in dm.examples["train"]], vocab, prior=1e-12).square().round()
-    test = token_frequency_weights([e.input_ids for e in dm.examples["test"]], vocab, prior=1e-12).square().round()
+    counts = token_counts([e.input_ids for e in dm.examples["train"]], vocab)
+    test = token_counts([e.input_ids for e in dm.examples["test"]], vocab)
     masks = bucket_masks(counts)
     teacher_rows = teacher.bert.embeddings.word_embeddings.weight.detach()
 

@@ -69,6 +69,13 @@ LINEARS = r"^layers\."  # every nn.Linear of the encoder layers (fused QKV, outp
 STUDENT_BUDGET = 6_000_000
 
 
+def load_for_scoring(path: Path) -> TaggerModule:
+    """A saved tagger alone (no teacher), in eval mode, decoding with IOB2 constraints."""
+    model = TaggerModule.load_from_checkpoint(path, map_location="cpu", weights_only=False, teacher=None)
+    model.hparams.constrained_decoding = True
+    return model.eval()
+
+
 def rank_for_reduction(bert: torch.nn.Module, pattern: str, factor: float = 2.0) -> int:
     """Largest single rank r for the nn.Linear layers matching `pattern` that leaves the encoder
     (non-embedding parameters, biases and LayerNorms staying dense) at least `factor` times smaller."""

@@ -23,7 +23,7 @@ import lightning as L
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ner_compression import EMB_RANK, LINEARS, calibration_moments, rank_for_reduction  # noqa: E402
+from ner_compression import EMB_RANK, LINEARS, calibration_moments, load_for_scoring, rank_for_reduction  # noqa: E402
 
 from compression.factorize import factorize_embedding, factorize_linears, token_frequency_weights  # noqa: E402
 from core.training import git_commit  # noqa: E402
@@ -49,9 +49,7 @@ def main() -> None:
     train_ids = [e.input_ids for e in dm.examples["train"]]
 
     def teacher() -> TaggerModule:
-        model = TaggerModule.load_from_checkpoint(args.teacher, map_location="cpu", weights_only=False, teacher=None)
-        model.hparams.constrained_decoding = True
-        return model.eval()
+        return load_for_scoring(args.teacher)
 
     def dev_f1(model: TaggerModule) -> float:
         [dev] = trainer.validate(model, dm, verbose=False)

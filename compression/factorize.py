@@ -305,15 +305,20 @@ def _embedding_path(model: nn.Module) -> str:
                      "or embeddings.word_embeddings (BertModel)")
 
 
+def token_counts(token_ids: list[list[int]], vocab_size: int) -> Tensor:
+    """How often every token id (0..vocab_size-1) occurs in `token_ids` (float64)."""
+    counts = torch.zeros(vocab_size, dtype=torch.float64)
+    for ids in token_ids:
+        counts += torch.bincount(torch.tensor(ids, dtype=torch.long), minlength=vocab_size).double()
+    return counts
+
+
 def token_frequency_weights(token_ids: list[list[int]], vocab_size: int, prior: float = 1.0) -> Tensor:
     """sqrt(prior + count) of every token id in `token_ids`: row weights for a frequency-weighted SVD
     (the weighted error is then sum over occurrences; `prior` > 0 keeps unseen tokens in the fit)."""
     if prior <= 0:
         raise ValueError(f"prior must be > 0 (unseen tokens need a positive weight), got {prior}")
-    counts = torch.zeros(vocab_size, dtype=torch.float64)
-    for ids in token_ids:
-        counts += torch.bincount(torch.tensor(ids, dtype=torch.long), minlength=vocab_size).double()
-    return (prior + counts).sqrt()
+    return (prior + token_counts(token_ids, vocab_size)).sqrt()
 
 
 def factorize_embedding(model: nn.Module, rank: Rank, allow_full_rank: bool = False,
