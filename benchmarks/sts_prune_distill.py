@@ -1,9 +1,9 @@
 """Benchmark for issue 6: prune-then-distil all-MiniLM-L6-v2 on STS-B (en, de, ru dev).
 
-    .venv/bin/python benchmarks/sts_prune_distill.py                 # full run (~80 min on 2 cores)
+    .venv/bin/python benchmarks/sts_prune_distill.py                 # full run (~2 h on 2 cores)
     .venv/bin/python benchmarks/sts_prune_distill.py --smoke         # < 1 min: data slices, checks the plumbing
 
-Runs `sts.pipeline.run_pipeline` with `configs/sts/minilm_half_heads_drop1.yaml` (rows: teacher;
+Runs `sts.pipeline.run_pipeline` with `configs/sts/minilm_prune_distill.yaml` (rows: teacher;
 pruned without distillation; pruned + distilled; same size from random init + distilled; 3 and 4
 of 6 layers kept + distilled) and writes `benchmarks/results/sts_prune_distill.json` (one row per model:
 name, spearman_en/de/ru, params, flops per token, latency_ms per batch size 1/16/64 measured
@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 from prune_distill import parse  # noqa: E402
 from sts.pipeline import run_pipeline, write_report  # noqa: E402
 
-CONFIG = REPO / "configs/sts/minilm_half_heads_drop1.yaml"
+CONFIG = REPO / "configs/sts/minilm_prune_distill.yaml"
 RESULT = REPO / "benchmarks/results/sts_prune_distill.json"
 
 
