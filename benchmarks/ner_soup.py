@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> None:
                                                                         *sys.argv[1:]]), "rows": []}
 
     def add(name: str, module: TaggerModule, **extra) -> None:
+        if module.crf is None:  # "dev"/"test" are argmax even for a tagger saved with constrained decoding on
+            module.hparams.constrained_decoding = False
         row = {"name": name, **extra, **{k: score(module.eval(), path) for k, path in splits.items()}}
         if module.crf is None:
             module.hparams.constrained_decoding = True
