@@ -291,6 +291,7 @@ def parse_args() -> argparse.Namespace:
                    help="weight of the hidden-state alignment to the teacher in every KD row (0: logits only)")
     p.add_argument("--embedding-lr-scale", type=float, default=1.0,
                    help="word-embedding rows train undecayed at this multiple of the rate (TaggerModule)")
+    p.add_argument("--seed", type=int, default=1234, help="data order and dropout (the SVD start does not change)")
     p.add_argument("--max-sentences", type=int, default=None, help="first N training sentences")
     p.add_argument("--max-eval-sentences", type=int, default=None, help="first N dev/test sentences")
     p.add_argument("--speed-sentences", type=int, default=256)
@@ -312,7 +313,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     """Run the rows, rewriting the JSON and markdown after each."""
     args = parse_args()
-    L.seed_everything(1234)
+    L.seed_everything(args.seed)
     launch_commit = git_commit()  # the code that runs (later commits during a long run do not count)
     teacher = load_teacher(TaggerModule, args.teacher)
     teacher.hparams.constrained_decoding = args.constrained
@@ -332,7 +333,7 @@ def main() -> None:
         if name in done and name not in args.redo:
             print(f"[{name}] already in {args.out}, skipped", flush=True)
             continue
-        L.seed_everything(1234)
+        L.seed_everything(args.seed)  # every row starts from the same state, whichever rows run
         if name == "teacher":
             model, epochs, minutes, notes = teacher, 0, 0.0, {}
         else:
@@ -342,7 +343,7 @@ def main() -> None:
         row = {**evaluate(name, model, teacher, dm, args), "epochs": epochs, "train_minutes": minutes,
                "git_commit": launch_commit, "command": " ".join(sys.argv[1:]),
                "kd": model.teacher is not None, "kd_hidden_weight": model.hparams.get("kd_hidden_weight", 0.0),
-               "embedding_lr_scale": model.hparams.get("embedding_lr_scale", 1.0), **notes}
+               "embedding_lr_scale": model.hparams.get("embedding_lr_scale", 1.0), "seed": args.seed, **notes}
         if name != "teacher":
             row["reload_identical"] = reloads_identically(model, dm, args.work_dir / f"{name}.ckpt")
         teacher_f1 = next((r["test_f1"] for r in results["rows"] if r["name"] == "teacher"), row["test_f1"])
