@@ -156,7 +156,8 @@ def _kept_target(original: int, fraction: float, progress: float) -> int:
 def distil(student: SentenceEncoderModule, datamodule: SentenceDataModule, cfg: PipelineConfig, name: str,
            teacher_cache: torch.Tensor, epochs: int | None = None) -> dict[str, float]:
     """Fit `student` to the cached teacher embeddings for `epochs` (default `cfg.epochs`); returns the last
-    validation's metrics."""
+    validation's metrics. Seeded afresh, so a row does not depend on which rows were distilled before it."""
+    L.seed_everything(cfg.seed, workers=True)
     student.teacher_cache = teacher_cache
     trainer = L.Trainer(
         max_epochs=epochs or cfg.epochs, accelerator="auto", logger=TensorBoardLogger(cfg.output_dir, name=name),

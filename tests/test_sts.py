@@ -28,6 +28,7 @@ from sts.module import SentenceEncoderModule, evaluate_sts, pool, spearman_x100
 from sts.pipeline import (
     PipelineConfig,
     check_config,
+    distil,
     markdown_table,
     prune_and_distil_iteratively,
     prune_by_taylor,
@@ -266,6 +267,27 @@ def test_bad_inputs_give_one_clear_error(tokenizer_file: Path, tmp_path: Path) -
     attach_teacher(student, tiny_module(tokenizer_file))
     with pytest.raises(ValueError, match="different tokenizer vocabularies"):
         student.setup("fit")
+
+
+def test_each_student_is_distilled_from_a_fresh_seed(tokenizer_file: Path, tmp_path: Path) -> None:
+    """With dropout on, the same student comes out of `distil` whatever random numbers were drawn before it,
+    so a pipeline row does not depend on which baselines were distilled first."""
+    dm = tiny_datamodule(tokenizer_file, tmp_path, 48)
+    teacher = tiny_module(tokenizer_file, seed=1)
+    cache = teacher.encode(dm.sentences, normalized=False)
+    sts = dm.hparams.sts_files["en"]
+    cfg = PipelineConfig(train_files=dm.hparams.train_files, sts_files={"en": sts}, score_file=sts, epochs=1,
+                         peak_lr=1e-2, output_dir=str(tmp_path / "out"))
+    config = {**TINY, "vocab_size": load_tokenizer(tokenizer_file).get_vocab_size(), "hidden_dropout_prob": 0.3}
+    weights = []
+    for draws in (0, 1000):
+        torch.manual_seed(2)
+        student = SentenceEncoderModule(bert_config=config, data_spec=dm.spec())
+        attach_teacher(student, teacher)
+        torch.rand(draws)  # e.g. a random-init baseline distilled before this student
+        distil(student, dm, cfg, f"draws{draws}", cache)
+        weights.append(student.bert.state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
 def test_pipeline_end_to_end_on_a_tiny_hf_teacher(tokenizer_file: Path, tmp_path: Path) -> None:
