@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +140,30 @@ def average_checkpoints(paths: Sequence[str | Path], weights: Sequence[float] | 
     ref["state_dict"] = type(state)((k, total[k].to(v.dtype) if k in total else v) for k, v in state.items())
     ref["averaged_from"] = {"paths": [str(p) for p in paths], "weights": weights}
     return ref
+
+
+def greedy_soup(ingredients: Sequence[str | Path], held_out_score: Callable[[Sequence[str | Path]], float],
+                ingredient_scores: Sequence[float]) -> tuple[list[str | Path], list[dict]]:
+    """The greedy soup of Wortsman et al. 2022 (Recipe 1): take the ingredients best-first by their own
+    held-out score, and keep each one whose addition to the uniform soup does not lower the held-out score.
+
+    `held_out_score(paths)` scores the uniform average of `paths` (one path: that checkpoint) on held-out
+    data, never the test set. Returns the kept paths and one record per tried addition
+    (`{"paths", "score", "kept"}`); the best ingredient alone is not re-scored.
+    """
+    if len(ingredients) != len(ingredient_scores) or not ingredients:
+        raise ValueError(f"got {len(ingredients)} ingredients and {len(ingredient_scores)} scores")
+    order = sorted(range(len(ingredients)), key=lambda i: -ingredient_scores[i])
+    soup, best = [ingredients[order[0]]], ingredient_scores[order[0]]
+    trials = []
+    for i in order[1:]:
+        candidate = [*soup, ingredients[i]]
+        score = held_out_score(candidate)
+        kept = score >= best
+        trials.append({"paths": [str(p) for p in candidate], "score": score, "kept": kept})
+        if kept:
+            soup, best = candidate, score
+    return soup, trials
 
 
 def _is_float(value: Any) -> bool:

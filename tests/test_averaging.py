@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,8 @@ import torch
 from conftest import REPO, TINY_BERT, TINY_LABELS, save_like_lightning, tiny_ner_batch, tiny_tagger
 
 from average_checkpoints import main as average_main
-from core.averaging import average_checkpoints
+from benchmarks.ner_soup import main as soup_main
+from core.averaging import average_checkpoints, greedy_soup
 from ner.module import TaggerModule
 from nmt.module import TranslationModule
 
@@ -167,3 +169,39 @@ def test_windowing_settings_and_cli_bookkeeping_do_not_block_a_soup(taggers: lis
     ckpt["hyper_parameters"]["data_spec"]["labels"] = list(reversed(TINY_LABELS))
     with pytest.raises(ValueError, match="data_spec.labels"):
         average_checkpoints([taggers[0], write(ckpt, tmp_path / "relabelled.ckpt")])
+
+
+def test_greedy_soup_keeps_only_additions_that_do_not_hurt() -> None:
+    # held-out score of a soup: made up per set, so each decision of the recipe is checked
+    scores = {("b",): 0.9, ("b", "a"): 0.95, ("b", "a", "c"): 0.94, ("b", "a", "d"): 0.95}
+    tried = []
+
+    def held_out(paths):
+        tried.append(tuple(paths))
+        return scores[tuple(paths)]
+
+    soup, trials = greedy_soup(["a", "b", "c", "d"], held_out, [0.8, 0.9, 0.7, 0.6])
+    assert soup == ["b", "a", "d"]  # c lowered the score, d tied it (ties are kept)
+    assert tried == [("b", "a"), ("b", "a", "c"), ("b", "a", "d")]  # best-first, the best alone not re-scored
+    assert [t["kept"] for t in trials] == [True, False, True]
+    with pytest.raises(ValueError, match="2 ingredients and 1 scores"):
+        greedy_soup(["a", "b"], held_out, [0.1])
+
+
+def test_ner_soup_script_writes_the_greedy_soup(taggers: list[Path], tmp_path: Path) -> None:
+    conll = tmp_path / "data" / "conll2003"
+    conll.mkdir(parents=True)
+    for split in ("eng.testa", "eng.testb"):
+        (conll / split).write_text("Peter B-PER\nin O\nBonn B-LOC\n\nEU O\nrejects O\nlamb O\n")
+    out = tmp_path / "soup.json"
+    soup_main([*map(str, taggers), str(taggers[0]), "--greedy", "--data_dir", str(tmp_path / "data"),
+               "--out", str(out)])
+    report = json.loads(out.read_text())
+    uniform, trials = report["rows"][3], report["rows"][4:]  # rows: 3 ingredients, the uniform soup, trials
+    assert uniform["weights"] == pytest.approx([1 / 3] * 3)
+    assert len(report["greedy"]["trials"]) == 2 == len(trials)
+    best_first = max(report["rows"][:3], key=lambda r: r["dev_quoted"])["checkpoint"]
+    assert report["greedy"]["kept"][0] == best_first
+    for record, row in zip(report["greedy"]["trials"], trials, strict=True):
+        assert record["score"] == row["dev_quoted"] and record["paths"] == row["checkpoints"]
+    assert report["best_by_dev"] in {r["name"] for r in report["rows"][3:]}
