@@ -58,7 +58,7 @@ from compression.factorize import (  # noqa: E402
 from compression.report import flops_per_token, parameter_counts  # noqa: E402
 from compression.student import load_teacher  # noqa: E402
 from core.schedules import TriangleSchedule  # noqa: E402
-from core.training import git_commit  # noqa: E402
+from core.training import git_commit, save_module_checkpoint  # noqa: E402
 from ner.data import CoNLLDataModule  # noqa: E402
 from ner.module import TaggerModule  # noqa: E402
 
@@ -236,11 +236,7 @@ def train(model: TaggerModule, dm: CoNLLDataModule, epochs: int, peak_lr: float,
 
 def reloads_identically(model: TaggerModule, dm: CoNLLDataModule, path: Path) -> bool:
     """Save the model part of a Lightning checkpoint, load it from the file alone, compare test tags."""
-    ckpt = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
-            "pytorch-lightning_version": L.__version__}
-    model.on_save_checkpoint(ckpt)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(ckpt, path)
+    save_module_checkpoint(model, path)
     loaded = TaggerModule.load_from_checkpoint(path, map_location="cpu", weights_only=False)
     sentences = [s.tokens for s in dm.sentences["test"][:64]]
     return loaded.tag(sentences) == model.tag(sentences)

@@ -25,7 +25,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import lightning
 import torch
 import torch.nn.functional as F
 from lightning import LightningModule
@@ -36,6 +35,7 @@ from compression.heads import attention_modules, check_types
 from compression.importance import random_importance, taylor_importance
 from compression.prune import HeadPlan, head_config, heads_to_keep, prune_model
 from compression.report import size_report
+from core.training import save_module_checkpoint
 
 METHODS = ("gates", "taylor", "random")
 REPORT_KEYS = ("task", "checkpoint", "output", "method", "target", "heads", "size", "quality")
@@ -265,14 +265,7 @@ def save_checkpoint(module: LightningModule, path: str | Path) -> dict:
     Gates are gone after pruning, so `gate_types` and `l0_lambda` are reset in the saved
     hyper-parameters (a reload would otherwise re-attach gates / demand an L0 term).
     """
-    hparams = dict(module.hparams)
-    hparams.update(gate_types=None, l0_lambda=0.0)
-    ckpt = {"state_dict": module.state_dict(), "hyper_parameters": hparams,
-            "pytorch-lightning_version": lightning.__version__}
-    module.on_save_checkpoint(ckpt)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    torch.save(ckpt, path)
-    return ckpt
+    return save_module_checkpoint(module, path, gate_types=None, l0_lambda=0.0)
 
 
 def _jsonable(scores: dict[str, Tensor]) -> dict[str, list[list[float | None]]]:

@@ -10,8 +10,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import lightning
 import numpy as np
 import torch
+from lightning import LightningModule
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
@@ -32,6 +34,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+
+
+def save_module_checkpoint(module: LightningModule, path: str | Path, **hparam_overrides: Any) -> dict:
+    """Write, atomically, what `Trainer.save_checkpoint` stores for the model part of `module`: its state
+    dict, hyper-parameters (with `hparam_overrides` applied) and whatever its `on_save_checkpoint` adds
+    (e.g. a pruned model's compression spec), so `load_from_checkpoint` rebuilds it from the file alone."""
+    ckpt = {"state_dict": module.state_dict(), "hyper_parameters": {**dict(module.hparams), **hparam_overrides},
+            "pytorch-lightning_version": lightning.__version__}
+    module.on_save_checkpoint(ckpt)
+    AtomicCheckpointIO().save_checkpoint(ckpt, path)
+    return ckpt
 
 
 class RNGStateCallback(Callback):

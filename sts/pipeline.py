@@ -41,7 +41,7 @@ from compression.student import attach_teacher
 from core.bert import BertConfig
 from core.hf_import import default_checkpoint_dir
 from core.schedules import TriangleSchedule
-from core.training import git_commit
+from core.training import git_commit, save_module_checkpoint
 from sts.data import SentenceDataModule, read_sts
 from sts.module import SentenceEncoderModule, evaluate_sts, reinitialise
 from sts.timing import equal_speed_comparison, equal_speed_lines, sentence_batches, side_by_side_latency
@@ -274,7 +274,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         metrics = distil(student, dm, cfg, "pruned_distilled", cache)
     else:
         student, metrics, student_shape = prune_and_distil_iteratively(unpruned, teacher, dm, cfg, cache)
-    save_checkpoint(student, out / "student.ckpt")
+    save_module_checkpoint(student, out / "student.ckpt")
     final_shape = {**shape, **student_shape} if cfg.prune_steps > 1 else shape
     stage("pruned + distilled", student, _as_scores(metrics), **final_shape, checkpoint=str(out / "student.ckpt"))
     if cfg.baselines and cfg.random_init_baseline:
@@ -316,15 +316,6 @@ def _steps_phrase(cfg: PipelineConfig) -> str:
 
 def _as_scores(metrics: dict[str, float]) -> dict[str, float]:
     return {k.removeprefix("val/"): v for k, v in metrics.items() if k.startswith("val/spearman_")}
-
-
-def save_checkpoint(module: SentenceEncoderModule, path: Path) -> None:
-    """What Trainer.save_checkpoint stores for the model: weights, hyper-parameters, module hooks."""
-    ckpt = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-            "pytorch-lightning_version": L.__version__}
-    module.on_save_checkpoint(ckpt)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(ckpt, path)
 
 
 def _measure(report: dict, models: dict[str, SentenceEncoderModule], inputs: dict[int, dict], repeats: int) -> None:

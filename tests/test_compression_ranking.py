@@ -10,8 +10,9 @@ from test_sts import sentences, tiny_datamodule, tiny_module
 from torch import Tensor, nn
 
 from compression.ranking import keep_per_layer, layers_to_drop
+from core.training import save_module_checkpoint
 from sts.module import SentenceEncoderModule
-from sts.pipeline import PipelineConfig, choose_layers, prune_by_taylor, save_checkpoint
+from sts.pipeline import PipelineConfig, choose_layers, prune_by_taylor
 
 
 def test_block_size_one_is_the_plain_global_ranking() -> None:
@@ -78,7 +79,7 @@ def test_pipeline_drops_a_layer_then_prunes_aligned_widths_of_the_original_count
     student = tiny_module(tokenizer_file, data_spec=dm.spec(), keep_layers=kept)
     shape = prune_by_taylor(student, dm, cfg, teacher.bert.cfg)
     assert shape == {"heads_per_layer": [2], "ffn_per_layer": [16]}  # a quarter of 8 heads and of 64 neurons
-    save_checkpoint(student, tmp_path / "student.ckpt")  # the shallower, thinner student rebuilds alone
+    save_module_checkpoint(student, tmp_path / "student.ckpt")  # the shallower, thinner student rebuilds alone
     reloaded = SentenceEncoderModule.load_from_checkpoint(tmp_path / "student.ckpt", weights_only=False).eval()
     probe = sentences(4, 5)
     torch.testing.assert_close(reloaded.encode(probe), student.encode(probe), atol=1e-6, rtol=0)
