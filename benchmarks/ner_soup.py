@@ -105,5 +105,6 @@ def main(argv: list[str] | None = None) -> None:
             args.out.write_text(json.dumps(results, indent=2) + "\n")
             print(f"[soup] greedy soup keeps {len(soup)} of {len(args.checkpoints)}: {soup}", flush=True)
 
+
 if __name__ == "__main__":
     main()

@@ -47,8 +47,8 @@ from sts.module import SentenceEncoderModule, evaluate_sts, reinitialise
 from sts.timing import equal_speed_comparison, equal_speed_lines, sentence_batches, side_by_side_latency
 
 NOTES = (
-    "Teacher = the unpruned encoder (its en Spearman is the 100 % reference). Pruned: {heads:.0%} of the heads "
-    "and {ffn:.0%} of the FFN neurons removed by Taylor importance (global ranking{steps}). Students are distilled on "
+    "Teacher = the unpruned encoder (its en Spearman is the 100 % reference). Pruned: {heads:.1%} of the heads "
+    "and {ffn:.1%} of the FFN neurons removed by Taylor importance (global ranking{steps}). Students are distilled on "
     "{n:,} unlabelled sentences for {epochs} epoch(s) (MSE + cosine to cached teacher embeddings). Spearman x 100 "
     "of cosine vs gold on STS-B dev; FLOPs per token at batch 16 (real sentences, padding included); latency = "
     "median of {repeats} CPU forwards, models alternating in one process, so speed-ups are ratios. "
