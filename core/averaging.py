@@ -147,9 +147,9 @@ def greedy_soup(ingredients: Sequence[str | Path], held_out_score: Callable[[Seq
     """The greedy soup of Wortsman et al. 2022 (Recipe 1): take the ingredients best-first by their own
     held-out score, and keep each one whose addition to the uniform soup does not lower the held-out score.
 
-    `held_out_score(paths)` scores the uniform average of `paths` (one path: that checkpoint) on held-out
-    data, never the test set. Returns the kept paths and one record per tried addition
-    (`{"paths", "score", "kept"}`); the best ingredient alone is not re-scored.
+    `held_out_score(paths)` scores the uniform average of `paths` (two or more) on held-out data, never
+    the test set; `ingredient_scores` are the ingredients' own scores on the same data. Returns the kept
+    paths and one record per tried addition (`{"paths", "score", "kept"}`).
     """
     if len(ingredients) != len(ingredient_scores) or not ingredients:
         raise ValueError(f"got {len(ingredients)} ingredients and {len(ingredient_scores)} scores")
