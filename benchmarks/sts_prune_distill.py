@@ -1,6 +1,6 @@
 """Benchmark for issue 6: prune-then-distil all-MiniLM-L6-v2 on STS-B (en, de, ru dev).
 
-    .venv/bin/python benchmarks/sts_prune_distill.py                 # full run (~105 min on 2 cores)
+    .venv/bin/python benchmarks/sts_prune_distill.py                 # full run (~125 min on 2 cores)
     .venv/bin/python benchmarks/sts_prune_distill.py --smoke         # < 1 min: data slices, checks the plumbing
 
 Runs `sts.pipeline.run_pipeline` with `configs/sts/minilm_prune_distill.yaml` (rows: teacher;
