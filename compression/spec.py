@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from compression.factorize import apply_factorization_spec, factorization_spec
 from compression.ffn import apply_ffn_config, ffn_config
 from compression.gates import attach_gates, attached_gates, detach_gates, l0_penalty
-from compression.heads import attention_modules
+from compression.heads import attention_modules, check_types
 from compression.prune import KEPT_ATTR, apply_head_config, head_config
 from compression.sharing import apply_sharing_spec, sharing_spec
 
@@ -164,11 +164,11 @@ class CompressionHooks:
         """The network whose shape compression changes (a Seq2SeqTransformer, a BertModel)."""
         raise NotImplementedError
 
-    def setup_compression(self, gate_types: list[str] | None, init_from: str | None, l0_lambda: float) -> None:
+    def setup_compression(self, gate_types: list[str] | None, init_from: str | None,
+                          l0_lambda: float | Mapping[str, float]) -> None:
         """Validate `l0_lambda`, load `init_from` weights, then attach gates of `gate_types`
         (types the `init_from` checkpoint already gated keep their trained log-alphas)."""
-        if l0_lambda < 0:
-            raise ValueError(f"l0_lambda must be >= 0, got {l0_lambda}")
+        l0_weights(l0_lambda)
         network = self.compressible_network()
         if init_from:
             init_weights_from(self, network, init_from)  # type: ignore[arg-type]
@@ -213,12 +213,14 @@ class CompressionHooks:
         return {id(p) for p in params}, [{"params": params, "weight_decay": 0.0, "lr": gate_lr, "fixed_lr": gate_lr}]
 
     def l0_term(self) -> Tensor | None:
-        """l0_lambda * L0 penalty of the attached gates (None when l0_lambda is 0).
+        """Weighted L0 penalty of the attached gates (None when every weight is 0).
 
-        With gates attached, logs `train/heads_open_<type>` (share of heads whose eval-time gate
-        is > 0, i.e. that pruning by gates would keep) and, with l0_lambda > 0, `train/l0`.
+        `l0_lambda` is one weight for every gated type or {type: weight} (types left out get 0),
+        so e.g. decoder self-attention can be pushed harder than cross-attention. With gates
+        attached, logs `train/heads_open_<type>` (share of heads whose eval-time gate is > 0, i.e.
+        that pruning by gates would keep) and, with a weight > 0, `train/l0`.
         """
-        lam = float(self.hparams.get("l0_lambda") or 0.0)  # type: ignore[attr-defined]
+        weights = l0_weights(self.hparams.get("l0_lambda") or 0.0)  # type: ignore[attr-defined]
         gates = attached_gates(self.compressible_network())
         for kind, layers in gates.items():
             la = torch.cat([g.log_alpha.detach().flatten() for g in layers])
@@ -226,11 +228,30 @@ class CompressionHooks:
             is_open = torch.sigmoid(la) * (g0.high - g0.low) + g0.low > 0
             share = is_open.float().mean() if la.numel() else la.new_zeros(())
             self.log(f"train/heads_open_{kind}", share)  # type: ignore[attr-defined]
-        if lam == 0.0:
+        if isinstance(weights, float):
+            if weights == 0.0:
+                return None
+            if not gates:
+                raise ValueError("l0_lambda > 0 but no head gates are attached: set gate_types "
+                                 "(e.g. ['encoder_self'])")
+            weights = dict.fromkeys(gates, weights)
+        weights = {kind: w for kind, w in weights.items() if w > 0}
+        if not weights:
             return None
-        if not gates:
-            raise ValueError("l0_lambda > 0 but no head gates are attached: set gate_types "
-                             "(e.g. ['encoder_self'])")
-        penalty = l0_penalty(gates)
-        self.log("train/l0", penalty.detach())  # type: ignore[attr-defined]
-        return lam * penalty
+        if missing := sorted(set(weights) - set(gates)):
+            raise ValueError(f"l0_lambda > 0 for {missing} but those types have no head gates: add them to "
+                             f"gate_types (gated now: {sorted(gates)})")
+        self.log("train/l0", l0_penalty(gates).detach())  # type: ignore[attr-defined]
+        return sum(w * l0_penalty({kind: gates[kind]}) for kind, w in weights.items())  # type: ignore[return-value]
+
+
+def l0_weights(l0_lambda: float | Mapping[str, float]) -> float | dict[str, float]:
+    """`l0_lambda` checked and as floats: one weight >= 0, or {attention type: weight >= 0}."""
+    if not isinstance(l0_lambda, Mapping):
+        if float(l0_lambda) < 0:
+            raise ValueError(f"l0_lambda must be >= 0, got {l0_lambda}")
+        return float(l0_lambda)
+    check_types(list(l0_lambda))
+    if bad := {kind: w for kind, w in l0_lambda.items() if float(w) < 0}:
+        raise ValueError(f"l0_lambda must be >= 0 for every attention type, got {bad}")
+    return {kind: float(w) for kind, w in l0_lambda.items()}

@@ -68,9 +68,9 @@ class TaggerModule(BertTask, CompressionHooks, LightningModule):
     Compression (`compression.spec`) acts on `self.bert`: a pruned / factorised / shared /
     gated encoder reloads from its checkpoint alone. `gate_types` (['bert_self']) attaches
     hard-concrete head gates at construction, `l0_lambda` weights their L0 penalty in the
-    training loss, `gate_lr` gives their log-alphas a constant rate of their own (no weight decay,
-    untouched by schedule callbacks; None: trained like the rest), and `init_from` starts from a
-    checkpoint's weights (not its optimizer).
+    training loss (a number, or {type: weight}), `gate_lr` gives their log-alphas a constant rate
+    of their own (no weight decay, untouched by schedule callbacks; None: trained like the rest),
+    and `init_from` starts from a checkpoint's weights (not its optimizer).
 
     Students: `bert_config` (fewer layers / hidden / heads / intermediate) builds a fresh small
     encoder; `factorize_embedding_rank` (SVD-factorised word embedding) and `share_layers`
@@ -104,7 +104,7 @@ class TaggerModule(BertTask, CompressionHooks, LightningModule):
     def __init__(
         self, checkpoint_dir: str | None = None, bert_config: dict | None = None, casing: bool = False,
         dropout: float = 0.1, lr: float = 5e-5, weight_decay: float = 0.01, data_spec: dict | None = None,
-        gate_types: list[str] | None = None, l0_lambda: float = 0.0, init_from: str | None = None,
+        gate_types: list[str] | None = None, l0_lambda: float | dict[str, float] = 0.0, init_from: str | None = None,
         factorize_embedding_rank: int | None = None, share_layers: dict | None = None,
         teacher: str | None = None, kd_alpha: float = 0.5, kd_temperature: float = 2.0,
         keep_layers: list[int] | None = None, kd_cache: str | None = None,

@@ -58,7 +58,8 @@ class TranslationModule(CompressionHooks, L.LightningModule):
         data_spec: linked from the datamodule (vocabulary size, special ids).
         gate_types: attention types (encoder_self, decoder_self, decoder_cross) given hard-concrete
             head gates at construction (gate fine-tuning).
-        l0_lambda: weight of the gates' L0 penalty added to the training loss (needs gates).
+        l0_lambda: weight of the gates' L0 penalty added to the training loss (needs gates), or
+            {attention type: weight} to push some types harder (types left out: 0).
         gate_lr: constant learning rate of the gates' log-alphas (own param group, no weight decay,
             not touched by schedule callbacks); None trains them like every other parameter.
         init_from: checkpoint whose network weights (not optimizer state) start training; its
@@ -79,7 +80,7 @@ class TranslationModule(CompressionHooks, L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.98), weight_decay: float = 0.0, label_smoothing: float = 0.1,
         val_beam_size: int = 1, test_beam_size: int = 5, length_penalty: float = 0.6,
         max_len_a: float = 1.2, max_len_b: int = 10, num_samples: int = 8, data_spec: dict | None = None,
-        gate_types: list[str] | None = None, l0_lambda: float = 0.0, init_from: str | None = None,
+        gate_types: list[str] | None = None, l0_lambda: float | dict[str, float] = 0.0, init_from: str | None = None,
         teacher: str | None = None, kd_alpha: float = 0.5, kd_temperature: float = 2.0,
         gate_lr: float | None = None,
     ) -> None:

@@ -152,9 +152,37 @@ def test_l0_term_adds_exactly_lambda_times_penalty(tokenizer_file: Path) -> None
         assert penalty.item() > 0
 
 
+def test_l0_lambda_per_type_weights_each_penalty() -> None:
+    weights = {"encoder_self": 0.02, "decoder_self": 0.3, "decoder_cross": 0.0}
+    module = nmt_module(gate_types=["encoder_self", "decoder_self", "decoder_cross"], l0_lambda=weights)
+    randomise_gates(module.model)
+    module.train()
+    torch.manual_seed(3)
+    with_l0 = module.training_step(nmt_batch(), 0)
+    module.hparams.l0_lambda = 0.0
+    torch.manual_seed(3)
+    without = module.training_step(nmt_batch(), 0)
+    gates = attached_gates(module.model)
+    expected = sum(w * l0_penalty({kind: gates[kind]}) for kind, w in weights.items())
+    torch.testing.assert_close(with_l0 - without, expected, atol=1e-6, rtol=0)
+    # each type's weight reaches only its own gates' log-alphas
+    module.zero_grad()
+    module.hparams.l0_lambda = weights
+    module.l0_term().backward()
+    assert all(g.log_alpha.grad is None or not g.log_alpha.grad.any() for g in gates["decoder_cross"])
+    assert all(g.log_alpha.grad.abs().sum() > 0 for g in gates["encoder_self"] + gates["decoder_self"])
+
+
 def test_l0_lambda_errors() -> None:
     with pytest.raises(ValueError, match="l0_lambda must be >= 0"):
         nmt_module(l0_lambda=-0.1)
+    with pytest.raises(ValueError, match=r"l0_lambda must be >= 0 for every attention type, got \{'decoder_self'"):
+        nmt_module(gate_types=["decoder_self"], l0_lambda={"decoder_self": -1.0})
+    with pytest.raises(ValueError, match="unknown attention type"):
+        nmt_module(gate_types=["encoder_self"], l0_lambda={"encoder_cross": 0.1})
+    ungated = nmt_module(gate_types=["encoder_self"], l0_lambda={"encoder_self": 0.1, "decoder_self": 0.1})
+    with pytest.raises(ValueError, match=r"l0_lambda > 0 for \['decoder_self'\] but those types have no head gates"):
+        ungated.training_step(nmt_batch(), 0)
     module = nmt_module(l0_lambda=0.1)
     with pytest.raises(ValueError, match="no head gates are attached: set gate_types"):
         module.training_step(nmt_batch(), 0)
