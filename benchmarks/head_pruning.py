@@ -42,7 +42,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from head_pruning_report import heatmap_from_gif, markdown, plot_curve  # noqa: E402
+from head_pruning_report import SHORT, heatmap_from_gif, markdown, plot_curve  # noqa: E402
 
 from compression.importance import random_importance, taylor_importance  # noqa: E402
 from compression.prune import heads_to_keep, prune_model  # noqa: E402
@@ -65,7 +65,6 @@ STAGES = ("curve_nmt", "gates", "scratch", "latency", "curve_ner")
 TEACHER = REPO_ROOT / "benchmarks/work/nmt_multi30k/nmt_small/version_1/checkpoints/swa.ckpt"
 RESULTS = REPO_ROOT / "benchmarks/results"
 TEACHER_EPOCHS = 18
-SHORT = {"encoder_self": "enc", "decoder_self": "dec", "decoder_cross": "cross", "bert_self": "bert"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -234,8 +233,9 @@ def stage_gates(bench: Bench) -> None:
             beam_size=5, batch_sizes=a.batch_sizes, report=str(bench.work / f"gates_l0_{lam}_report")))
         kept = {SHORT[k]: sum(v) for k, v in report["heads"]["after"].items()}
         bleu = report["quality"]["after"]["bleu"]
-        gated = yaml.safe_load(Path(config).read_text())["model"]["init_args"]["gate_types"]
-        section["rows"].append({"lambda": lam, "gate_types": [SHORT[t] for t in gated], "gate_epochs": a.gate_epochs,
+        init_args = yaml.safe_load(Path(config).read_text())["model"]["init_args"]
+        section["rows"].append({"lambda": lam, "l0_lambda": init_args["l0_lambda"],
+                                "gate_types": [SHORT[t] for t in init_args["gate_types"]], "gate_epochs": a.gate_epochs,
                                 "heads_kept": kept, "heads_per_layer": report["heads"]["after"],
                                 "bleu": bleu, "bleu_gated": report["quality"]["before"]["bleu"],
                                 "bleu_lost": section["teacher_bleu"] - bleu, "checkpoint": str(out),

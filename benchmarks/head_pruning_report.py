@@ -10,6 +10,8 @@ matplotlib.use("Agg")  # no display on benchmark machines
 import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image  # noqa: E402
 
+SHORT = {"encoder_self": "enc", "decoder_self": "dec", "decoder_cross": "cross", "bert_self": "bert"}
+
 
 def plot_curve(rows: list[dict], ylabel: str, title: str, path: Path) -> Path:
     """Quality vs share of heads pruned, Taylor vs random mean (individual seeds faint)."""
@@ -56,6 +58,14 @@ def _curve_table(section: dict, digits: int) -> list[str]:
     return lines
 
 
+def _lambda_label(row: dict) -> str:
+    """The L0 weight of a gate row: one number, or one per gated type (`enc 0.06 / dec 0.2 / cross 0.03`)."""
+    weights = row.get("l0_lambda", row["lambda"].removesuffix("_enc"))
+    if isinstance(weights, dict):
+        return " / ".join(f"{SHORT[kind]} {w:g}" for kind, w in weights.items())
+    return str(weights)
+
+
 def markdown(state: dict) -> str:
     """The whole results file as markdown (only the stages that have run)."""
     meta = state.get("meta", {})
@@ -82,7 +92,7 @@ def markdown(state: dict) -> str:
             tuned = (f"{_fmt(r['bleu_finetuned'])} ({-r['bleu_lost_finetuned']:+.2f}, {r['finetune_epochs']} ep)"
                      if "bleu_finetuned" in r else "–")
             gated = "/".join(r.get("gate_types", ["enc", "dec", "cross"]))
-            out.append(f"| {r['lambda'].removesuffix('_enc')} ({gated}) | {_heads(r['heads_kept'])} "
+            out.append(f"| {_lambda_label(r)} ({gated}) | {_heads(r['heads_kept'])} "
                        f"| {enc:.0f} / {every:.0f} | {_fmt(r['bleu'])} "
                        f"| {-r['bleu_lost']:+.2f} | {tuned} | {_fmt(s)} | {r['params']:,} | {r['flops']:,.0f} |")
         if "scratch" in state:
