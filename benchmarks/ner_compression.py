@@ -287,7 +287,11 @@ def parse_args() -> argparse.Namespace:
                    help="weight of the hidden-state alignment to the teacher in every KD row (0: logits only)")
     p.add_argument("--embedding-lr-scale", type=float, default=1.0,
                    help="word-embedding rows train undecayed at this multiple of the rate (TaggerModule)")
-    p.add_argument("--seed", type=int, default=1234, help="data order and dropout (the SVD start does not change)")
+    p.add_argument("--seed", type=int, default=1234,
+                   help="dropout and initial weights of new layers (data order, entity swaps and the SVD start "
+                        "do not change: the data module's own seed)")
+    p.add_argument("--entity-swap-copies", type=int, default=0,
+                   help="copies of each training sentence with its entity words swapped for pseudo-words (ner.augment)")
     p.add_argument("--max-sentences", type=int, default=None, help="first N training sentences")
     p.add_argument("--max-eval-sentences", type=int, default=None, help="first N dev/test sentences")
     p.add_argument("--speed-sentences", type=int, default=256)
@@ -313,13 +317,15 @@ def main() -> None:
     launch_commit = git_commit()  # the code that runs (later commits during a long run do not count)
     teacher = load_teacher(TaggerModule, args.teacher)
     teacher.hparams.constrained_decoding = args.constrained
-    dm = CoNLLDataModule(max_sentences=args.max_sentences, max_eval_sentences=args.max_eval_sentences)
+    dm = CoNLLDataModule(max_sentences=args.max_sentences, max_eval_sentences=args.max_eval_sentences,
+                         entity_swap_copies=args.entity_swap_copies)
     dm.setup()
     results = open_results(args, "CoNLL-2003 compression of a fine-tuned tagger (issue 4)",
                            same_settings=("constrained",))
     # The rank-64 embedding spends its rank on the tokens CoNLL uses: SVD weighted by sqrt(1 + count).
-    args.embedding_row_weights = token_frequency_weights([e.input_ids for e in dm.examples["train"]],
-                                                         teacher.bert.cfg.vocab_size)
+    originals = len(dm.sentences["train"])  # not the entity-swapped copies: the SVD start stays the same
+    args.embedding_row_weights = token_frequency_weights(
+        [e.input_ids for e in dm.examples["train"] if e.sentence < originals], teacher.bert.cfg.vocab_size)
 
     def save() -> None:
         write_results(args.out, results, markdown(results))
@@ -339,7 +345,8 @@ def main() -> None:
         row = {**evaluate(name, model, teacher, dm, args), "epochs": epochs, "train_minutes": minutes,
                "git_commit": launch_commit, "command": " ".join(sys.argv[1:]),
                "kd": model.teacher is not None, "kd_hidden_weight": model.hparams.get("kd_hidden_weight", 0.0),
-               "embedding_lr_scale": model.hparams.get("embedding_lr_scale", 1.0), "seed": args.seed, **notes}
+               "embedding_lr_scale": model.hparams.get("embedding_lr_scale", 1.0), "seed": args.seed,
+               "entity_swap_copies": args.entity_swap_copies, **notes}
         if name != "teacher":
             row["reload_identical"] = reloads_identically(model, dm, args.work_dir / f"{name}.ckpt")
         teacher_f1 = next((r["test_f1"] for r in results["rows"] if r["name"] == "teacher"), row["test_f1"])

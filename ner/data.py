@@ -14,6 +14,7 @@ from core.batching import LengthBatchSampler, ResumableDataModule
 from core.data_dir import resolve_data_dir
 from core.hf_import import default_checkpoint_dir, load_tokenizer
 from ner.align import IGNORE, OTHER, Example, SentenceEncoder, document_context
+from ner.augment import entity_swapped
 from ner.conll import Sentence, label_list, read_conll, to_iob2
 
 
@@ -43,6 +44,10 @@ class CoNLLDataModule(ResumableDataModule):
     checkpoint) and must match the model's vocabulary. `context_tokens` > 0 flanks every
     window with up to that many sub-tokens of the neighbouring sentences of its -DOCSTART-
     document on each side (document context, as in BERT's CoNLL setup); they are not scored.
+    `entity_swap_copies` adds that many copies of every training sentence with an entity, each
+    entity word a random pseudo-word (`ner.augment`; tags kept, seeded by `seed`);
+    `sentences['train']` stays the original file, the copies follow it in `examples['train']`
+    (their `sentence` index is past the last original sentence).
     """
 
     def __init__(
@@ -50,7 +55,7 @@ class CoNLLDataModule(ResumableDataModule):
         test_file: str = "eng.testb", tokenizer: str | None = None, max_length: int = 128,
         batch_size: int | None = 32, batch_tokens: int | None = None, label_all_subtokens: bool = True,
         max_sentences: int | None = None, max_eval_sentences: int | None = None, num_workers: int = 0,
-        seed: int = 0, context_tokens: int = 0,
+        seed: int = 0, context_tokens: int = 0, entity_swap_copies: int = 0,
     ) -> None:
         super().__init__()
         self.data_dir = resolve_data_dir(dir, "conll2003")
@@ -61,6 +66,9 @@ class CoNLLDataModule(ResumableDataModule):
         if context_tokens < 0:
             raise ValueError(f"context_tokens must be >= 0, got {context_tokens}")
         self.context_tokens = context_tokens
+        if entity_swap_copies < 0:
+            raise ValueError(f"entity_swap_copies must be >= 0, got {entity_swap_copies}")
+        self.entity_swap_copies = entity_swap_copies
         self.batch_size, self.batch_tokens = (None if batch_tokens else batch_size), batch_tokens
         self.limits = {"train": max_sentences, "dev": max_eval_sentences, "test": max_eval_sentences}
         self.num_workers, self.seed = num_workers, seed
@@ -106,6 +114,10 @@ class CoNLLDataModule(ResumableDataModule):
         encoder = SentenceEncoder(self.tokenizer, self.labels, self.max_length, self.label_all_subtokens,
                                   self.context_tokens)
         for split, sentences in self.sentences.items():
+            if split == "train" and self.entity_swap_copies:
+                swapped = entity_swapped(sentences, self.tokenizer, self.entity_swap_copies, self.seed)
+                rank_zero_info(f"train: + {len(swapped):,} entity-swapped copies")
+                sentences = sentences + swapped
             words, documents = [s.tokens for s in sentences], [s.document for s in sentences]
             self.examples[split] = [
                 e for i, s in enumerate(sentences)
