@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sts.timing import equal_speed_lines  # noqa: E402
+from sts.timing import equal_speed_comparison, equal_speed_lines  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -54,6 +54,52 @@ def sts_rows(r: dict) -> list[str]:
     command = r.get("command", "python benchmarks/sts_prune_distill.py")
     rows.append(f"| measured at | `{r['git_commit'][:10]}`, `{command}` | | | | | |")
     return rows + _equal_speed(r["rows"])
+
+
+def sts_summary_rows(paths: list[Path]) -> list[str]:
+    """One row per issue-6 run (sts_prune_distill*.json, plus student-only runs timed by sts_latency.py):
+    the pruned + distilled student's quality, FLOPs and batch-16 speed-up, and its margin over layer
+    dropping at equal batch-16 speed, in the run and in the fresh-process timing."""
+    rows = ["| run | student: % of teacher (en) | random init: % | MFLOPs/token | speed-up b16 in-run / fresh "
+            "| vs layer dropping at equal speed b16, in-run / fresh (points) |", "|---|---|---|---|---|---|"]
+    fresh = {p.stem.removeprefix("sts_latency__"): _load(p) for p in sorted(RESULTS.glob("sts_latency__*.json"))}
+    runs = {path.stem: _load(path) for path in paths}
+    for name in [*runs, *(stem for stem in fresh if stem not in runs)]:
+        run, timed = runs.get(name), fresh.get(name)
+        student = _row(run or timed, "pruned + distilled")
+        if "quality_vs_teacher" not in student:  # a run still in progress
+            continue
+        random_init = next((r for r in (run or {}).get("rows", []) if r["name"].startswith("same size")), None)
+        speeds = [f"{_row(r, 'pruned + distilled')['speedup_b16']:.2f}×"
+                  if r and "speedup_b16" in _row(r, "pruned + distilled") else "–" for r in (run, timed)]
+        margins = [_margin(r["rows"]) if r else "–" for r in (run, timed)]
+        command = (run or timed).get("command", "python benchmarks/sts_prune_distill.py")
+        random_text = f"{random_init['quality_vs_teacher']:.2f}" if random_init else "–"
+        flops = f"{student['flops'] / 1e6:.2f}" if "flops" in student else "–"
+        rows.append(f"| `{name}` (`{command}`) | {student['quality_vs_teacher']:.2f} | {random_text} | {flops} "
+                    f"| {speeds[0]} / {speeds[1]} | {margins[0]} / {margins[1]} |")
+    return rows
+
+
+def _row(results: dict, name: str) -> dict:
+    return next(r for r in results["rows"] if r["name"] == name)
+
+
+def _margin(rows: list[dict]) -> str:
+    """Points of the teacher's score by which the pruned student beats (+) or trails (−) layer dropping
+    interpolated to its batch-16 speed; 'dominates' when faster and better than the fastest dropped row."""
+    equal = equal_speed_comparison(rows, 16)
+    if equal is None:
+        return "–"
+    if equal["dominates"]:
+        return "dominates"
+    if equal["layer_dropping_quality_at_equal_speed"] is None:
+        return "outside range"
+    return f"{equal['quality_vs_teacher'] - equal['layer_dropping_quality_at_equal_speed']:+.2f}"
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text())
 
 
 def sts_variant_rows(r: dict) -> list[str]:
@@ -128,15 +174,18 @@ def nmt_kd_rows(r: dict) -> list[str]:
 
 TABLES = (("nmt_multi30k.json", nmt_rows), ("ner_compression.json", ner_compression_rows),
           ("ner_soup_seeds.json", ner_soup_rows),
-          ("nmt_kd.json", nmt_kd_rows), ("sts_prune_distill*.json", sts_rows),
-          ("sts_latency__*.json", sts_latency_rows), ("sts_distillation_variants.json", sts_variant_rows))
+          ("nmt_kd.json", nmt_kd_rows), ("sts_prune_distill.json", sts_rows),
+          ("sts_latency__sts_prune_distill.json", sts_latency_rows),
+          ("sts_distillation_variants.json", sts_variant_rows))
 
 
 def main() -> None:
-    """Print every table whose JSON exists; head pruning has its own markdown (head_pruning.md)."""
+    """Print every table whose JSON exists, then one summary row per issue-6 run (each run's full
+    tables are in its own .md); head pruning has its own markdown (head_pruning.md)."""
     for pattern, rows in TABLES:
         for path in sorted(RESULTS.glob(pattern)):
-            print("\n".join(rows(json.loads(path.read_text()))) + "\n")
+            print("\n".join(rows(_load(path))) + "\n")
+    print("\n".join(sts_summary_rows(sorted(RESULTS.glob("sts_prune_distill*.json")))))
 
 
 if __name__ == "__main__":
