@@ -112,6 +112,12 @@ class LastBatchSafeCheckpoint(ModelCheckpoint):
     `on_train_epoch_end` instead, a moment later, where resuming is exact.
     """
 
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer) \
+                and not self._should_save_on_train_epoch_end(trainer):  # as above, when saves follow validation
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._every_n_train_steps >= 1 and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             self._deferred = True
@@ -120,6 +126,12 @@ class LastBatchSafeCheckpoint(ModelCheckpoint):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         super().on_train_epoch_end(trainer, pl_module)
+        # Lightning 2.6 writes last.ckpt at an epoch's end only if a top-k checkpoint was saved at
+        # the same step, so with save_top_k=0 (train.py's default) no epoch would leave one to resume
+        # from: write it here (a no-op when Lightning just did, the step counts as saved).
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer) \
+                and self._should_save_on_train_epoch_end(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         if getattr(self, "_deferred", False) and not self._should_skip_saving_checkpoint(trainer):
             self._deferred = False
             candidates = self._monitor_candidates(trainer)

@@ -10,12 +10,15 @@ import sys
 import textwrap
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from conftest import DATA, REPO, requires_data, tiny_nmt_args
+from lightning.pytorch.demos.boring_classes import BoringModel
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from core.cli import main as train_main
+from core.training import LastBatchSafeCheckpoint
 from nmt.module import corpus_scores
 from nmt.translate import load_translator, translate_lines
 
@@ -47,6 +50,25 @@ def test_resume_equals_uninterrupted_run(multi30k_slice, tmp_path, interruption)
     a, b = straight.model.model.state_dict(), resumed.model.model.state_dict()
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+@pytest.mark.parametrize("val", [{"limit_val_batches": 1}, {"limit_val_batches": 0},
+                                 {"limit_val_batches": 1, "val_check_interval": 2}])
+def test_every_epoch_leaves_last_checkpoint_with_save_top_k_0(tmp_path, val):
+    # train.py's default (save_last, save_top_k 0): a run killed after any epoch must be resumable,
+    # with or without validation, and when saves follow a mid-epoch validation.
+    seen = []
+
+    class Probe(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            seen.append((tmp_path / "last.ckpt").exists())
+
+    checkpoint = LastBatchSafeCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0)
+    trainer = L.Trainer(max_epochs=3, limit_train_batches=4, callbacks=[checkpoint, Probe()], logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, **val)
+    trainer.fit(BoringModel())
+    assert seen == [False, True, True]
+    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 12
 
 
 def test_kill_during_save_keeps_previous_checkpoint(tmp_path):
