@@ -109,14 +109,24 @@ class LastBatchSafeCheckpoint(ModelCheckpoint):
 
     Lightning 2.6 resumes a checkpoint written in `on_train_batch_end` of an epoch's last
     batch one epoch too far (the epoch counter is advanced twice), so that save is taken in
-    `on_train_epoch_end` instead, a moment later, where resuming is exact.
+    `on_train_epoch_end` instead, a moment later, where resuming is exact. It also writes
+    last.ckpt every epoch with save_top_k=0, which Lightning 2.6 does not (`_save_last_if_due`).
     """
+
+    def _save_last_if_due(self, trainer, at_epoch_end: bool) -> None:
+        """Write last.ckpt where Lightning would save (epoch end, or after validation when saves follow it).
+
+        Lightning 2.6 writes it there only if a top-k checkpoint was saved at the same step, so with
+        save_top_k=0 (train.py's default) no epoch would leave one to resume from. A no-op when
+        Lightning just saved (the step counts as saved).
+        """
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer) \
+                and self._should_save_on_train_epoch_end(trainer) == at_epoch_end:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_validation_end(self, trainer, pl_module) -> None:
         super().on_validation_end(trainer, pl_module)
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer) \
-                and not self._should_save_on_train_epoch_end(trainer):  # as above, when saves follow validation
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        self._save_last_if_due(trainer, at_epoch_end=False)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._every_n_train_steps >= 1 and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
@@ -126,12 +136,7 @@ class LastBatchSafeCheckpoint(ModelCheckpoint):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         super().on_train_epoch_end(trainer, pl_module)
-        # Lightning 2.6 writes last.ckpt at an epoch's end only if a top-k checkpoint was saved at
-        # the same step, so with save_top_k=0 (train.py's default) no epoch would leave one to resume
-        # from: write it here (a no-op when Lightning just did, the step counts as saved).
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer) \
-                and self._should_save_on_train_epoch_end(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        self._save_last_if_due(trainer, at_epoch_end=True)
         if getattr(self, "_deferred", False) and not self._should_skip_saving_checkpoint(trainer):
             self._deferred = False
             candidates = self._monitor_candidates(trainer)
