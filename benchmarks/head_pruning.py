@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from head_pruning_report import SHORT, heatmap_from_gif, markdown, plot_curve  # noqa: E402
 
 from compression.importance import random_importance, taylor_importance  # noqa: E402
+from compression.logit_cache import file_sha256  # noqa: E402
 from compression.prune import heads_to_keep, prune_model  # noqa: E402
 from compression.pruning_pipeline import (  # noqa: E402
     PruneOptions,
@@ -62,6 +63,7 @@ from core.data_dir import REPO_ROOT, resolve_data_dir  # noqa: E402
 from core.training import git_commit  # noqa: E402
 
 STAGES = ("curve_nmt", "gates", "scratch", "latency", "curve_ner")
+TEACHER_SECTIONS = ("curve_nmt", "gates", "scratch", "latency")  # rows that describe one NMT teacher
 TEACHER = REPO_ROOT / "benchmarks/work/nmt_multi30k/nmt_small/version_1/checkpoints/swa.ckpt"
 RESULTS = REPO_ROOT / "benchmarks/results"
 TEACHER_EPOCHS = 18
@@ -117,7 +119,23 @@ class Bench:
         self.test_ref = self._head(m30k / "test_2016_flickr.de")
         self.state = json.loads(self.results.read_text()) if self.results.is_file() else {}
         self.state["meta"] = {"git_commit": git_commit(), "teacher": args.teacher, "teacher_epochs": TEACHER_EPOCHS,
-                              "smoke": args.smoke, "torch_threads": torch.get_num_threads()}
+                              "teacher_sha256": self._teacher_fingerprint(), "smoke": args.smoke,
+                              "torch_threads": torch.get_num_threads()}
+
+    def _teacher_fingerprint(self) -> str | None:
+        """SHA-256 of the teacher file. Stored NMT rows measured on another teacher (a retrained one at the same
+        path) are dropped, so one results file never mixes teachers; the tagger curve does not depend on it."""
+        previous = self.state.get("meta", {}).get("teacher_sha256")
+        if not Path(self.args.teacher).is_file():
+            return previous
+        sha = file_sha256(self.args.teacher)
+        stale = [s for s in TEACHER_SECTIONS if s in self.state]
+        if sha != previous and stale:
+            print(f"[meta] {self.args.teacher} is not the teacher of the stored {', '.join(stale)} rows "
+                  f"(sha256 {sha[:12]} vs {str(previous)[:12]}): those sections start afresh", flush=True)
+            for section in stale:
+                del self.state[section]
+        return sha
 
     def _head(self, path: Path) -> Path:
         """The file itself, or (with --eval_sentences) a copy of its first lines in the work folder."""

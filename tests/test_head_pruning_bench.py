@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -157,3 +158,18 @@ def test_report_markdown_plot_and_heatmap(tmp_path: Path) -> None:
     assert "| 0.05 (enc/dec/cross) | 3 / 9 / 8 | 75 / 44 | 37.90 | -0.10 | 38.05 (+0.05, 2 ep) | 35.50 |" in text
     assert "| enc 0.06 / dec 0.2 (enc/dec) | 3 / 3 / 12 | 75 / 50 | 37.60 | -0.40 | – | – |" in text
     assert "| 50 | 4 | 29.50 | 28.50 |" in text
+
+
+def test_rows_of_another_teacher_are_dropped(tmp_path: Path) -> None:
+    teacher, results = tmp_path / "teacher.ckpt", tmp_path / "head_pruning.json"
+    teacher.write_bytes(b"first teacher")
+    (tmp_path / "multi30k").mkdir()
+    (tmp_path / "multi30k/train.en").write_text("a\n")
+    argv = ["--teacher", str(teacher), "--work", str(tmp_path / "work"), "--results", str(results),
+            "--data_dir", str(tmp_path)]
+    state = head_pruning.Bench(head_pruning.parse_args(argv)).state
+    results.write_text(json.dumps({**state, "gates": {"rows": []}, "curve_ner": {"rows": []}}))
+    assert "gates" in head_pruning.Bench(head_pruning.parse_args(argv)).state  # same teacher: rows kept
+    teacher.write_bytes(b"retrained teacher")
+    state = head_pruning.Bench(head_pruning.parse_args(argv)).state
+    assert "gates" not in state and "curve_ner" in state  # the tagger curve does not depend on the teacher
