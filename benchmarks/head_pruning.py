@@ -45,7 +45,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from head_pruning_report import SHORT, heatmap_from_gif, markdown, plot_curve  # noqa: E402
 
 from compression.importance import random_importance, taylor_importance  # noqa: E402
-from compression.logit_cache import file_sha256  # noqa: E402
 from compression.prune import heads_to_keep, prune_model  # noqa: E402
 from compression.pruning_pipeline import (  # noqa: E402
     PruneOptions,
@@ -60,7 +59,7 @@ from compression.pruning_pipeline import (  # noqa: E402
 from compression.report import flops_per_token, parameter_counts  # noqa: E402
 from compression.scratch import write_scratch_init  # noqa: E402
 from core.data_dir import REPO_ROOT, resolve_data_dir  # noqa: E402
-from core.training import git_commit  # noqa: E402
+from core.training import epochs_done, file_sha256, git_commit  # noqa: E402
 
 STAGES = ("curve_nmt", "gates", "scratch", "latency", "curve_ner")
 TEACHER_SECTIONS = ("curve_nmt", "gates", "scratch", "latency")  # rows that describe one NMT teacher
@@ -158,16 +157,22 @@ class Bench:
         return (self.work if self.args.smoke else self.results.parent) / name
 
     def train(self, name: str, configs: list[str], init_from: Path, epochs: int) -> Path:
-        """Run train.py (subprocess) unless its last checkpoint exists; returns the run folder."""
+        """Run train.py (subprocess) for `epochs` epochs; a run whose last checkpoint has them all is skipped, one
+        cut short (a killed job) resumes from it. Returns the run folder."""
         run = self.work / name / "version_0"
-        if (run / "checkpoints/last.ckpt").is_file():
-            print(f"[train] {name}: {run} exists, skipped", flush=True)
-            return run
+        last = run / "checkpoints/last.ckpt"
+        resume: list[str] = []
+        if last.is_file():
+            done = epochs_done(last)
+            if done >= epochs:
+                print(f"[train] {name}: {run} has {done} epochs, skipped", flush=True)
+                return run
+            resume = ["--ckpt_path", str(last)]
         cmd = [sys.executable, str(REPO_ROOT / "train.py"), *[a for c in configs for a in ("--config", c)],
                "--model.init_args.init_from", str(init_from), "--trainer.max_epochs", str(epochs),
                "--trainer.logger.init_args.save_dir", str(self.work), "--trainer.logger.init_args.name", name,
                "--trainer.logger.init_args.version", "0", "--test", "false", "--data.dir", str(self.data),
-               *shlex.split(self.args.train_args)]
+               *resume, *shlex.split(self.args.train_args)]
         print("[train]", shlex.join(cmd), flush=True)
         start = time.time()
         subprocess.run(cmd, check=True, cwd=REPO_ROOT)

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import torch
 
-from compression.logit_cache import file_sha256
-from core.training import git_commit
+from core.training import file_sha256, git_commit
 
 
 def open_results(args: argparse.Namespace, benchmark: str, same_settings: tuple[str, ...] = ()) -> dict:

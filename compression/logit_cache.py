@@ -19,7 +19,6 @@ Logits computed in a differently padded batch agree with a live forward up to fl
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -27,16 +26,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from core.training import file_sha256
+
 FORMAT = "teacher-logit-cache-v1"
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def row_keys(lengths: Tensor, *rows: Tensor) -> list[bytes]:

@@ -81,13 +81,27 @@ def git_commit(repo_dir: Path | None = None) -> str:
     return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
-def file_fingerprint(path: Path) -> dict:
-    """Size and SHA-256 of a data file, for run records."""
+def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file's bytes."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
+        while block := f.read(chunk):
             digest.update(block)
-    return {"path": str(path), "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+    return digest.hexdigest()
+
+
+def file_fingerprint(path: Path) -> dict:
+    """Size and SHA-256 of a data file, for run records."""
+    return {"path": str(path), "bytes": path.stat().st_size, "sha256": file_sha256(path)}
+
+
+def epochs_done(checkpoint: str | Path) -> int:
+    """Training epochs a Lightning checkpoint has finished: decides whether a run is complete or must resume from
+    the checkpoint. An epoch is counted `completed` only after its end hooks, where last.ckpt is written, so an
+    epoch whose last batch has run counts too."""
+    loops = torch.load(checkpoint, map_location="cpu", weights_only=False)["loops"]["fit_loop"]
+    last_batch_ran = loops["epoch_loop.batch_progress"]["is_last_batch"]
+    return int(loops["epoch_progress"]["total"]["completed"]) + int(last_batch_ran)
 
 
 def write_run_record(log_dir: Path, data_files: list[Path], extra: dict | None = None) -> Path:

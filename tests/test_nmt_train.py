@@ -18,7 +18,7 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from core.cli import main as train_main
-from core.training import LastBatchSafeCheckpoint
+from core.training import LastBatchSafeCheckpoint, epochs_done
 from nmt.module import corpus_scores
 from nmt.translate import load_translator, translate_lines
 
@@ -61,13 +61,15 @@ def test_every_epoch_leaves_last_checkpoint_with_save_top_k_0(tmp_path, val):
 
     class Probe(L.Callback):
         def on_train_epoch_start(self, trainer, pl_module):
-            seen.append((tmp_path / "last.ckpt").exists())
+            last = tmp_path / "last.ckpt"
+            seen.append(epochs_done(last) if last.exists() else None)
 
     checkpoint = LastBatchSafeCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0)
     trainer = L.Trainer(max_epochs=3, limit_train_batches=4, callbacks=[checkpoint, Probe()], logger=False,
                         enable_progress_bar=False, enable_model_summary=False, **val)
     trainer.fit(BoringModel())
-    assert seen == [False, True, True]
+    assert seen == [None, 1, 2]  # epochs_done tells a finished run from one to resume
+    assert epochs_done(tmp_path / "last.ckpt") == 3
     assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 12
 
 
