@@ -295,11 +295,16 @@ def stage_scratch(bench: Bench) -> None:
     rows = bench.state.get("gates", {}).get("rows", [])
     if not rows:
         raise SystemExit("scratch: run the gates stage first (it defines the head configurations)")
+    previous = bench.state.get("scratch", {})
+    todo = [r for r in rows if a.scratch_lambdas is None or r["lambda"] in a.scratch_lambdas]
+    # rows of other lambdas trained for the same budget stay (one invocation per layout is ~1 h)
+    kept = [r for r in previous.get("rows", []) if previous.get("epochs") == a.scratch_epochs
+            and r["lambda"] not in {t["lambda"] for t in todo}]
     section = {"epochs": a.scratch_epochs, "teacher_epochs": TEACHER_EPOCHS,
                "budget": f"{a.scratch_epochs} epochs from scratch vs the teacher's {TEACHER_EPOCHS} "
-                         f"(+{a.gate_epochs} gate epochs for the pruned models)", "rows": []}
+                         f"(+{a.gate_epochs} gate epochs for the pruned models)", "rows": kept}
     from nmt.translate import load_translator
-    for row in [r for r in rows if a.scratch_lambdas is None or r["lambda"] in a.scratch_lambdas]:
+    for row in todo:
         name = f"scratch_l0_{row['lambda']}_e{a.scratch_epochs}"
         init = bench.work / f"{name}_init.ckpt"
         heads = write_scratch_init(row["checkpoint"], init)
