@@ -15,7 +15,8 @@ row, and rewrites `head_pruning.md`; plots go to `benchmarks/results/*.png`):
    checkpoint exists), then the heads whose eval-time gate is <= `--gate_threshold` are cut out
    (`prune_heads.py --method gates`); heads kept per attention type, test2016 BLEU (beam 5), params,
    FLOPs, latency; with
-   `--gate_finetune_epochs N` also the BLEU after N epochs of recovery fine-tuning of the pruned model.
+   `--gate_finetune_epochs N` also the BLEU after N epochs of recovery fine-tuning of the pruned model
+   (`--finetune_config`).
 3. `scratch`    the same head counts trained from scratch with the teacher's recipe
    (`configs/nmt/small.yaml`) for `--scratch_epochs` epochs (the teacher had 18).
 4. `latency`    speed-up of pruned models (Taylor 25/50/75 %, gate models) over the teacher:
@@ -85,7 +86,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gate_epochs", type=int, default=2)
     p.add_argument("--gate_threshold", type=float, default=0.5)
     p.add_argument("--gate_finetune_epochs", type=int, default=0,
-                   help="recovery fine-tuning epochs of each gate-pruned model (configs/nmt/finetune_pruned.yaml)")
+                   help="recovery fine-tuning epochs of each gate-pruned model (--finetune_config)")
+    p.add_argument("--finetune_config", default="configs/nmt/finetune_pruned_swa.yaml",
+                   help="recipe of the recovery fine-tuning (a delta over configs/nmt/small.yaml); rows fine-tuned "
+                        "with another recipe or epoch count are redone")
     p.add_argument("--scratch_epochs", type=int, default=6)
     p.add_argument("--scratch_lambdas", nargs="+", default=None, help="gate rows to retrain (default: all)")
     p.add_argument("--taylor_levels", type=float, nargs="+", default=[0.25, 0.5, 0.75])
@@ -272,21 +276,24 @@ def stage_gates(bench: Bench) -> None:
 
 
 def finetune_gate_rows(bench: Bench, section: dict) -> None:
-    """Recovery fine-tuning (`configs/nmt/finetune_pruned.yaml`) of each `--lambdas` gate-pruned model that
-    lost heads and has no fine-tuned BLEU yet; adds `bleu_finetuned` / `bleu_lost_finetuned` to its row."""
+    """Recovery fine-tuning (`--finetune_config`) of each `--lambdas` gate-pruned model that lost heads and has no
+    fine-tuned BLEU for this recipe yet; adds `bleu_finetuned` / `bleu_lost_finetuned` to its row."""
     from nmt.translate import load_translator
-    epochs = bench.args.gate_finetune_epochs
+    epochs, config = bench.args.gate_finetune_epochs, bench.args.finetune_config
     for row in section["rows"]:
-        if row["lambda"] not in bench.args.lambdas or "bleu_finetuned" in row \
-                or row["heads_kept"] == section["teacher_heads"]:
+        done = row.get("finetune_config", "configs/nmt/finetune_pruned.yaml"), row.get("finetune_epochs")
+        if row["lambda"] not in bench.args.lambdas or row["heads_kept"] == section["teacher_heads"] \
+                or ("bleu_finetuned" in row and done == (config, epochs)):
             continue
-        run = bench.train(f"gates_l0_{row['lambda']}_pruned_ft{epochs}",
-                          ["configs/nmt/small.yaml", "configs/nmt/finetune_pruned.yaml"], Path(row["checkpoint"]),
-                          epochs)
-        bleu = nmt_bleu(load_translator(run / "checkpoints/last.ckpt"), bench, 5)
+        run = bench.train(f"gates_l0_{row['lambda']}_pruned_{Path(config).stem}{epochs}",
+                          ["configs/nmt/small.yaml", config], Path(row["checkpoint"]), epochs)
+        ckpt = run / "checkpoints/swa.ckpt"
+        ckpt = ckpt if ckpt.is_file() else run / "checkpoints/last.ckpt"
+        bleu = nmt_bleu(load_translator(ckpt), bench, 5)
         row.update(bleu_finetuned=bleu, bleu_lost_finetuned=section["teacher_bleu"] - bleu, finetune_epochs=epochs,
-                   finetuned_checkpoint=str(run / "checkpoints/last.ckpt"))
-        print(f"[gates] lambda {row['lambda']}: fine-tuned {epochs} epoch(s) -> BLEU {bleu:.2f}", flush=True)
+                   finetune_config=config, finetuned_checkpoint=str(ckpt))
+        print(f"[gates] lambda {row['lambda']}: fine-tuned {epochs} epoch(s) with {config} -> BLEU {bleu:.2f}",
+              flush=True)
         bench.save("gates", section)
 
 

@@ -78,7 +78,7 @@ def markdown(state: dict) -> str:
         out += ["## L0 gates (Voita et al.)", "",
                 f"Gate fine-tuning {g['epochs']} epochs from the teacher, heads with eval gate <= "
                 f"{g['gate_threshold']} cut out (BLEU of the gated model = BLEU pruned: the cut is exact); "
-                "recovery fine-tuning of the pruned model with `configs/nmt/finetune_pruned.yaml`. "
+                "recovery fine-tuning of the pruned model with the recipe named in its row. "
                 f"Teacher: {_heads(t)} heads (enc / dec / cross), test2016 BLEU "
                 f"{_fmt(g['teacher_bleu'])} (beam 5).", "",
                 "Targets: >= 75 % of encoder heads pruned with <= 0.25 BLEU lost; >= 60 % of all heads with <= 0.5.",
@@ -89,8 +89,9 @@ def markdown(state: dict) -> str:
             s = scratch.get(r["lambda"], {}).get("bleu")
             enc = 100 * (1 - r["heads_kept"]["enc"] / t["enc"])
             every = 100 * (1 - sum(r["heads_kept"].values()) / sum(t.values()))
-            tuned = (f"{_fmt(r['bleu_finetuned'])} ({-r['bleu_lost_finetuned']:+.2f}, {r['finetune_epochs']} ep)"
-                     if "bleu_finetuned" in r else "–")
+            recipe = Path(r.get("finetune_config", "finetune_pruned")).stem
+            tuned = (f"{_fmt(r['bleu_finetuned'])} ({-r['bleu_lost_finetuned']:+.2f}, {r['finetune_epochs']} ep "
+                     f"{recipe})" if "bleu_finetuned" in r else "–")
             gated = "/".join(r.get("gate_types", ["enc", "dec", "cross"]))
             out.append(f"| {_lambda_label(r)} ({gated}) | {_heads(r['heads_kept'])} "
                        f"| {enc:.0f} / {every:.0f} | {_fmt(r['bleu'])} "
