@@ -261,7 +261,7 @@ def stage_gates(bench: Bench) -> None:
         kept = {SHORT[k]: sum(v) for k, v in report["heads"]["after"].items()}
         bleu = report["quality"]["after"]["bleu"]
         init_args = yaml.safe_load(Path(config).read_text())["model"]["init_args"]
-        section["rows"].append({"lambda": lam, "l0_lambda": init_args["l0_lambda"],
+        section["rows"].append({"lambda": lam, "l0_lambda": init_args["l0_lambda"], "kd": "teacher" in init_args,
                                 "gate_types": [SHORT[t] for t in init_args["gate_types"]], "gate_epochs": a.gate_epochs,
                                 "heads_kept": kept, "heads_per_layer": report["heads"]["after"],
                                 "bleu": bleu, "bleu_gated": report["quality"]["before"]["bleu"],

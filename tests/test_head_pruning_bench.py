@@ -149,15 +149,15 @@ def test_report_markdown_plot_and_heatmap(tmp_path: Path) -> None:
                                  "bleu_lost_finetuned": -0.05, "finetune_epochs": 2, "params": 7_000_000,
                                  "flops": 1e7},
                                 {"lambda": "per_type", "l0_lambda": {"encoder_self": 0.06, "decoder_self": 0.2},
-                                 "gate_types": ["enc", "dec"], "heads_kept": {"enc": 3, "dec": 3, "cross": 12},
-                                 "bleu": 37.6, "bleu_gated": 37.6, "bleu_lost": 0.4, "params": 6_500_000,
-                                 "flops": 9e6}]},
+                                 "kd": True, "gate_types": ["enc", "dec"],
+                                 "heads_kept": {"enc": 3, "dec": 3, "cross": 12}, "bleu": 37.6, "bleu_gated": 37.6,
+                                 "bleu_lost": 0.4, "params": 6_500_000, "flops": 9e6}]},
              "scratch": {"budget": "6 epochs", "rows": [{"lambda": "0.05", "bleu": 35.5}]},
              "curve_nmt": {"metric": "BLEU", "score_sentences": 10, "random_seeds": 1, "rows": rows}}
     text = head_pruning_report.markdown(state)
     assert ("| 0.05 (enc/dec/cross) | 3 / 9 / 8 | 75 / 44 | 37.90 | -0.10 | 38.05 (+0.05, 2 ep finetune_pruned) "
             "| 35.50 |") in text
-    assert "| enc 0.06 / dec 0.2 (enc/dec) | 3 / 3 / 12 | 75 / 50 | 37.60 | -0.40 | – | – |" in text
+    assert "| enc 0.06 / dec 0.2 (enc/dec + KD) | 3 / 3 / 12 | 75 / 50 | 37.60 | -0.40 | – | – |" in text
     assert "| 50 | 4 | 29.50 | 28.50 |" in text
 
 
