@@ -184,6 +184,12 @@ class Bench:
         return run
 
 
+def final_checkpoint(run: Path) -> Path:
+    """The weights a run ends with: the SWA average when its recipe averages, else last.ckpt."""
+    swa = run / "checkpoints/swa.ckpt"
+    return swa if swa.is_file() else run / "checkpoints/last.ckpt"
+
+
 def heads_kept(network: torch.nn.Module) -> dict[str, int]:
     from compression.heads import attention_modules
     return {SHORT[k]: sum(a.num_heads for a in attns) for k, attns in attention_modules(network).items()}
@@ -287,8 +293,7 @@ def finetune_gate_rows(bench: Bench, section: dict) -> None:
             continue
         run = bench.train(f"gates_l0_{row['lambda']}_pruned_{Path(config).stem}{epochs}",
                           ["configs/nmt/small.yaml", config], Path(row["checkpoint"]), epochs)
-        ckpt = run / "checkpoints/swa.ckpt"
-        ckpt = ckpt if ckpt.is_file() else run / "checkpoints/last.ckpt"
+        ckpt = final_checkpoint(run)
         bleu = nmt_bleu(load_translator(ckpt), bench, 5)
         row.update(bleu_finetuned=bleu, bleu_lost_finetuned=section["teacher_bleu"] - bleu, finetune_epochs=epochs,
                    finetune_config=config, finetuned_checkpoint=str(ckpt))
@@ -316,8 +321,7 @@ def stage_scratch(bench: Bench) -> None:
         init = bench.work / f"{name}_init.ckpt"
         heads = write_scratch_init(row["checkpoint"], init)
         run = bench.train(name, ["configs/nmt/small.yaml"], init, a.scratch_epochs)
-        ckpt = run / "checkpoints/swa.ckpt"
-        ckpt = ckpt if ckpt.is_file() else run / "checkpoints/last.ckpt"
+        ckpt = final_checkpoint(run)
         section["rows"].append({"lambda": row["lambda"], "heads_per_layer": heads,
                                 "heads_kept": {SHORT[k]: sum(v) for k, v in heads.items()},
                                 "bleu": nmt_bleu(load_translator(ckpt), bench, 5), "pruned_bleu": row["bleu"],
