@@ -24,6 +24,8 @@ row, and rewrites `head_pruning.md`; plots go to `benchmarks/results/*.png`):
    in turn on each batch (same inputs), median over batches of the per-batch time ratio;
    next to the FLOP reduction (FLOPs of the same forward) and their ratio.
 5. `curve_ner`  the Taylor-vs-random curve for a tagger checkpoint (test F1 on eng.testb).
+6. `significance` paired bootstrap of every gates/scratch model's test2016 BLEU against the teacher's
+   (`benchmarks/head_pruning_significance.py`): is a difference of a few tenths real?
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from head_pruning_report import SHORT, heatmap_from_gif, markdown, plot_curve  # noqa: E402
+from head_pruning_significance import stage_significance  # noqa: E402, F401  (a stage, dispatched by name)
 
 from compression.importance import random_importance, taylor_importance  # noqa: E402
 from compression.prune import heads_to_keep, prune_model  # noqa: E402
@@ -62,8 +65,8 @@ from compression.scratch import write_scratch_init  # noqa: E402
 from core.data_dir import REPO_ROOT, resolve_data_dir  # noqa: E402
 from core.training import epochs_done, file_sha256, git_commit  # noqa: E402
 
-STAGES = ("curve_nmt", "gates", "scratch", "latency", "curve_ner")
-TEACHER_SECTIONS = ("curve_nmt", "gates", "scratch", "latency")  # rows that describe one NMT teacher
+STAGES = ("curve_nmt", "gates", "scratch", "latency", "curve_ner", "significance")
+TEACHER_SECTIONS = ("curve_nmt", "gates", "scratch", "latency", "significance")  # rows that describe one NMT teacher
 TEACHER = REPO_ROOT / "benchmarks/work/nmt_multi30k/nmt_small/version_1/checkpoints/swa.ckpt"
 RESULTS = REPO_ROOT / "benchmarks/results"
 TEACHER_EPOCHS = 18

@@ -101,6 +101,16 @@ def markdown(state: dict) -> str:
         if g.get("heatmap"):
             out += ["", f"![P(open) per layer × head at the end of gate training]({Path(g['heatmap']).name})"]
         out.append("")
+    if sig := state.get("significance"):
+        t = sig["teacher"]
+        out += ["## Is a BLEU difference real? (paired bootstrap)", "",
+                f"Each model's test2016 translations against the teacher's ({_fmt(t['bleu'])} ± {t['ci95']:.2f}), "
+                f"{sig['samples']} resamples of the test sentences; ± is the half-width of the 95 % interval; "
+                f"p < 0.05: the difference is real. `{sig['signature']}`", "",
+                "| model | BLEU ± 95 % | Δ vs teacher | p-value |", "|---|---|---|---|"]
+        out += [f"| {r['model']} | {_fmt(r['bleu'])} ± {r['ci95']:.2f} | {r['delta']:+.2f} | {r['p_value']:.3f} |"
+                for r in sig["rows"]]
+        out.append("")
     if c := state.get("curve_nmt"):
         out += ["## BLEU vs heads pruned, Multi30k (Michel et al.)", "", *_curve_table(c, 2), ""]
     if lat := state.get("latency"):
