@@ -16,7 +16,7 @@ row, and rewrites `head_pruning.md`; plots go to `benchmarks/results/*.png`):
    (`prune_heads.py --method gates`); heads kept per attention type, test2016 BLEU (beam 5), params,
    FLOPs, latency; with
    `--gate_finetune_epochs N` also the BLEU after N epochs of recovery fine-tuning of the pruned model
-   (`--finetune_config`).
+   (`--finetune_config`).  `--gate_seed N`: a replicate with another seed, rows `L_seedN`.
 3. `scratch`    the same head counts trained from scratch with the teacher's recipe
    (`configs/nmt/small.yaml`) for `--scratch_epochs` epochs (the teacher had 18).
 4. `latency`    speed-up of pruned models (Taylor 25/50/75 %, gate models) over the teacher:
@@ -87,6 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval_sentences", type=int, default=None, help="first N test sentences only (smoke)")
     p.add_argument("--lambdas", nargs="+", default=["0.01", "0.05", "0.1"])
     p.add_argument("--gate_epochs", type=int, default=2)
+    p.add_argument("--gate_seed", type=int, default=None,
+                   help="seed of the gate runs (default: the config's); rows are then named L_seedN, a replicate")
     p.add_argument("--gate_threshold", type=float, default=0.5)
     p.add_argument("--gate_finetune_epochs", type=int, default=0,
                    help="recovery fine-tuning epochs of each gate-pruned model (--finetune_config)")
@@ -163,9 +165,9 @@ class Bench:
     def png(self, name: str) -> Path:
         return (self.work if self.args.smoke else self.results.parent) / name
 
-    def train(self, name: str, configs: list[str], init_from: Path, epochs: int) -> Path:
-        """Run train.py (subprocess) for `epochs` epochs; a run whose last checkpoint has them all is skipped, one
-        cut short (a killed job) resumes from it. Returns the run folder."""
+    def train(self, name: str, configs: list[str], init_from: Path, epochs: int, extra: tuple[str, ...] = ()) -> Path:
+        """Run train.py (subprocess) for `epochs` epochs (`extra`: more arguments); a run whose last checkpoint has
+        them all is skipped, one cut short (a killed job) resumes from it. Returns the run folder."""
         run = self.work / name / "version_0"
         last = run / "checkpoints/last.ckpt"
         resume: list[str] = []
@@ -179,7 +181,7 @@ class Bench:
                "--model.init_args.init_from", str(init_from), "--trainer.max_epochs", str(epochs),
                "--trainer.logger.init_args.save_dir", str(self.work), "--trainer.logger.init_args.name", name,
                "--trainer.logger.init_args.version", "0", "--test", "false", "--data.dir", str(self.data),
-               *resume, *shlex.split(self.args.train_args)]
+               *resume, *extra, *shlex.split(self.args.train_args)]
         print("[train]", shlex.join(cmd), flush=True)
         start = time.time()
         subprocess.run(cmd, check=True, cwd=REPO_ROOT)
@@ -257,11 +259,13 @@ def stage_gates(bench: Bench) -> None:
     section.update(epochs=a.gate_epochs, gate_threshold=a.gate_threshold, rows=section.get("rows", []))
     section["teacher_heads"] = heads_kept(teacher.compressible_network())
     done = {r["lambda"] for r in section["rows"]}
-    for lam in a.lambdas:
+    seed = () if a.gate_seed is None else ("--seed_everything", str(a.gate_seed))
+    for config_name, lam in zip(a.lambdas, gate_row_names(a), strict=True):
         if lam in done:
             continue
-        config = REPO_ROOT / f"configs/nmt/gates_l0_{lam}.yaml"
-        run = bench.train(f"gates_l0_{lam}", ["configs/nmt/small.yaml", str(config)], Path(a.teacher), a.gate_epochs)
+        config = REPO_ROOT / f"configs/nmt/gates_l0_{config_name}.yaml"
+        run = bench.train(f"gates_l0_{lam}", ["configs/nmt/small.yaml", str(config)], Path(a.teacher), a.gate_epochs,
+                          seed)
         out = bench.work / f"gates_l0_{lam}_pruned.ckpt"
         report = prune_checkpoint(PruneOptions(
             checkpoint=str(run / "checkpoints/last.ckpt"), output=str(out), method="gates",
@@ -270,7 +274,8 @@ def stage_gates(bench: Bench) -> None:
         kept = {SHORT[k]: sum(v) for k, v in report["heads"]["after"].items()}
         bleu = report["quality"]["after"]["bleu"]
         init_args = yaml.safe_load(Path(config).read_text())["model"]["init_args"]
-        section["rows"].append({"lambda": lam, "l0_lambda": init_args["l0_lambda"], "kd": "teacher" in init_args,
+        section["rows"].append({"lambda": lam, "config": str(config.relative_to(REPO_ROOT)), "seed": a.gate_seed,
+                                "l0_lambda": init_args["l0_lambda"], "kd": "teacher" in init_args,
                                 "gate_types": [SHORT[t] for t in init_args["gate_types"]], "gate_epochs": a.gate_epochs,
                                 "heads_kept": kept, "heads_per_layer": report["heads"]["after"],
                                 "bleu": bleu, "bleu_gated": report["quality"]["before"]["bleu"],
@@ -284,6 +289,11 @@ def stage_gates(bench: Bench) -> None:
         finetune_gate_rows(bench, section)
 
 
+def gate_row_names(args: argparse.Namespace) -> list[str]:
+    """Row (and run) name of each `--lambdas` entry: the config's suffix, `_seedN` added for a seed replicate."""
+    return [lam if args.gate_seed is None else f"{lam}_seed{args.gate_seed}" for lam in args.lambdas]
+
+
 def finetune_gate_rows(bench: Bench, section: dict) -> None:
     """Recovery fine-tuning (`--finetune_config`) of each `--lambdas` gate-pruned model that lost heads and has no
     fine-tuned BLEU for this recipe yet; adds `bleu_finetuned` / `bleu_lost_finetuned` to its row."""
@@ -291,7 +301,7 @@ def finetune_gate_rows(bench: Bench, section: dict) -> None:
     epochs, config = bench.args.gate_finetune_epochs, bench.args.finetune_config
     for row in section["rows"]:
         done = row.get("finetune_config", "configs/nmt/finetune_pruned.yaml"), row.get("finetune_epochs")
-        if row["lambda"] not in bench.args.lambdas or row["heads_kept"] == section["teacher_heads"] \
+        if row["lambda"] not in gate_row_names(bench.args) or row["heads_kept"] == section["teacher_heads"] \
                 or ("bleu_finetuned" in row and done == (config, epochs)):
             continue
         run = bench.train(f"gates_l0_{row['lambda']}_pruned_{Path(config).stem}{epochs}",

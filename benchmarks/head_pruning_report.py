@@ -93,6 +93,7 @@ def markdown(state: dict) -> str:
             tuned = (f"{_fmt(r['bleu_finetuned'])} ({-r['bleu_lost_finetuned']:+.2f}, {r['finetune_epochs']} ep "
                      f"{recipe})" if "bleu_finetuned" in r else "–")
             gated = "/".join(r.get("gate_types", ["enc", "dec", "cross"])) + (" + KD" if r.get("kd") else "")
+            gated += "" if r.get("seed") is None else f", seed {r['seed']}"
             out.append(f"| {_lambda_label(r)} ({gated}) | {_heads(r['heads_kept'])} "
                        f"| {enc:.0f} / {every:.0f} | {_fmt(r['bleu'])} "
                        f"| {-r['bleu_lost']:+.2f} | {tuned} | {_fmt(s)} | {r['params']:,} | {r['flops']:,.0f} |")

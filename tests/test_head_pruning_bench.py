@@ -149,7 +149,7 @@ def test_report_markdown_plot_and_heatmap(tmp_path: Path) -> None:
                                  "bleu_lost_finetuned": -0.05, "finetune_epochs": 2, "params": 7_000_000,
                                  "flops": 1e7},
                                 {"lambda": "per_type", "l0_lambda": {"encoder_self": 0.06, "decoder_self": 0.2},
-                                 "kd": True, "gate_types": ["enc", "dec"],
+                                 "kd": True, "gate_types": ["enc", "dec"], "seed": 7,
                                  "heads_kept": {"enc": 3, "dec": 3, "cross": 12}, "bleu": 37.6, "bleu_gated": 37.6,
                                  "bleu_lost": 0.4, "params": 6_500_000, "flops": 9e6}]},
              "scratch": {"budget": "6 epochs", "rows": [{"lambda": "0.05", "bleu": 35.5}]},
@@ -157,7 +157,7 @@ def test_report_markdown_plot_and_heatmap(tmp_path: Path) -> None:
     text = head_pruning_report.markdown(state)
     assert ("| 0.05 (enc/dec/cross) | 3 / 9 / 8 | 75 / 44 | 37.90 | -0.10 | 38.05 (+0.05, 2 ep finetune_pruned) "
             "| 35.50 |") in text
-    assert "| enc 0.06 / dec 0.2 (enc/dec + KD) | 3 / 3 / 12 | 75 / 50 | 37.60 | -0.40 | – | – |" in text
+    assert "| enc 0.06 / dec 0.2 (enc/dec + KD, seed 7) | 3 / 3 / 12 | 75 / 50 | 37.60 | -0.40 | – | – |" in text
     assert "| 50 | 4 | 29.50 | 28.50 |" in text
 
 
@@ -174,3 +174,10 @@ def test_rows_of_another_teacher_are_dropped(tmp_path: Path) -> None:
     teacher.write_bytes(b"retrained teacher")
     state = head_pruning.Bench(head_pruning.parse_args(argv)).state
     assert "gates" not in state and "curve_ner" in state  # the tagger curve does not depend on the teacher
+
+
+def test_a_seed_replicate_gets_rows_and_runs_of_its_own() -> None:
+    args = head_pruning.parse_args(["--lambdas", "0.05", "0.06_enc"])
+    assert head_pruning.gate_row_names(args) == ["0.05", "0.06_enc"]
+    args = head_pruning.parse_args(["--lambdas", "0.05", "0.06_enc", "--gate_seed", "2"])
+    assert head_pruning.gate_row_names(args) == ["0.05_seed2", "0.06_enc_seed2"]
