@@ -70,6 +70,7 @@ TEACHER_SECTIONS = ("curve_nmt", "gates", "scratch", "latency", "significance") 
 TEACHER = REPO_ROOT / "benchmarks/work/nmt_multi30k/nmt_small/version_1/checkpoints/swa.ckpt"
 RESULTS = REPO_ROOT / "benchmarks/results"
 TEACHER_EPOCHS = 18
+FINETUNE_KEYS = ("bleu_finetuned", "bleu_lost_finetuned", "finetune_epochs", "finetune_config", "finetuned_checkpoint")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -296,7 +297,8 @@ def gate_row_names(args: argparse.Namespace) -> list[str]:
 
 def finetune_gate_rows(bench: Bench, section: dict) -> None:
     """Recovery fine-tuning (`--finetune_config`) of each `--lambdas` gate-pruned model that lost heads and has no
-    fine-tuned BLEU for this recipe yet; adds `bleu_finetuned` / `bleu_lost_finetuned` to its row."""
+    fine-tuned BLEU for this recipe yet; adds `bleu_finetuned` / `bleu_lost_finetuned` to its row (a result of an
+    earlier recipe is kept in `earlier_finetunes`)."""
     from nmt.translate import load_translator
     epochs, config = bench.args.gate_finetune_epochs, bench.args.finetune_config
     for row in section["rows"]:
@@ -308,6 +310,8 @@ def finetune_gate_rows(bench: Bench, section: dict) -> None:
                           ["configs/nmt/small.yaml", config], Path(row["checkpoint"]), epochs)
         ckpt = final_checkpoint(run)
         bleu = nmt_bleu(load_translator(ckpt), bench, 5)
+        if "bleu_finetuned" in row:  # the previous recipe's result moves to the row's history
+            row.setdefault("earlier_finetunes", []).append({k: row[k] for k in FINETUNE_KEYS if k in row})
         row.update(bleu_finetuned=bleu, bleu_lost_finetuned=section["teacher_bleu"] - bleu, finetune_epochs=epochs,
                    finetune_config=config, finetuned_checkpoint=str(ckpt))
         print(f"[gates] lambda {row['lambda']}: fine-tuned {epochs} epoch(s) with {config} -> BLEU {bleu:.2f}",

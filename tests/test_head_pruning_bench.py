@@ -181,3 +181,25 @@ def test_a_seed_replicate_gets_rows_and_runs_of_its_own() -> None:
     assert head_pruning.gate_row_names(args) == ["0.05", "0.06_enc"]
     args = head_pruning.parse_args(["--lambdas", "0.05", "0.06_enc", "--gate_seed", "2"])
     assert head_pruning.gate_row_names(args) == ["0.05_seed2", "0.06_enc_seed2"]
+
+
+def test_a_new_finetuning_recipe_keeps_the_previous_result(tmp_path: Path, monkeypatch) -> None:
+    row = {"lambda": "0.06_enc", "checkpoint": "pruned.ckpt", "heads_kept": {"enc": 3, "dec": 12, "cross": 12},
+           "bleu_finetuned": 37.5, "bleu_lost_finetuned": 0.33, "finetune_epochs": 2,
+           "finetune_config": "configs/nmt/finetune_pruned_swa.yaml", "finetuned_checkpoint": "a/swa.ckpt"}
+    section = {"teacher_bleu": 37.83, "teacher_heads": {"enc": 12, "dec": 12, "cross": 12}, "rows": [row]}
+    args = head_pruning.parse_args(["--lambdas", "0.06_enc", "--gate_finetune_epochs", "2",
+                                    "--finetune_config", "configs/nmt/finetune_pruned_swa_kd.yaml"])
+    trained = []
+    bench = SimpleNamespace(args=args, save=lambda stage, s: None,
+                            train=lambda name, configs, init, epochs: trained.append(name) or tmp_path)
+    monkeypatch.setattr("nmt.translate.load_translator", lambda ckpt: ckpt)
+    monkeypatch.setattr(head_pruning, "nmt_bleu", lambda module, bench, beam: 37.7)
+    head_pruning.finetune_gate_rows(bench, section)
+    assert trained == ["gates_l0_0.06_enc_pruned_finetune_pruned_swa_kd2"]
+    assert row["bleu_finetuned"] == 37.7 and row["finetune_config"].endswith("finetune_pruned_swa_kd.yaml")
+    assert row["earlier_finetunes"] == [{"bleu_finetuned": 37.5, "bleu_lost_finetuned": 0.33, "finetune_epochs": 2,
+                                         "finetune_config": "configs/nmt/finetune_pruned_swa.yaml",
+                                         "finetuned_checkpoint": "a/swa.ckpt"}]
+    head_pruning.finetune_gate_rows(bench, section)  # this recipe is done now: nothing is retrained
+    assert len(trained) == 1
