@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib
@@ -66,6 +67,11 @@ def _lambda_label(row: dict) -> str:
     return str(weights)
 
 
+def _layout(heads_per_layer: dict[str, list[int]]) -> str:
+    """A hashable key of a model's head counts per attention type and layer."""
+    return json.dumps(heads_per_layer, sort_keys=True)
+
+
 def markdown(state: dict) -> str:
     """The whole results file as markdown (only the stages that have run)."""
     meta = state.get("meta", {})
@@ -73,7 +79,8 @@ def markdown(state: dict) -> str:
            f"Teacher `{meta.get('teacher')}` ({meta.get('teacher_epochs')} epochs); commit `{meta.get('git_commit')}`"
            + ("; **SMOKE RUN (tiny slices, numbers meaningless)**" if meta.get("smoke") else ""), ""]
     if g := state.get("gates"):
-        scratch = {r["lambda"]: r for r in state.get("scratch", {}).get("rows", [])}
+        # a from-scratch model belongs to every gate row with its head layout (seed replicates, the KD variant)
+        scratch = {_layout(r["heads_per_layer"]): r for r in state.get("scratch", {}).get("rows", [])}
         t = g["teacher_heads"]
         out += ["## L0 gates (Voita et al.)", "",
                 f"Gate fine-tuning {g['epochs']} epochs from the teacher, heads with eval gate <= "
@@ -86,7 +93,7 @@ def markdown(state: dict) -> str:
                 "| Δ vs teacher | BLEU pruned + fine-tuned (Δ) | same heads from scratch | params | FLOPs/token |",
                 "|---|---|---|---|---|---|---|---|---|"]
         for r in g["rows"]:
-            s = scratch.get(r["lambda"], {}).get("bleu")
+            s = scratch.get(_layout(r["heads_per_layer"]), {}).get("bleu")
             enc = 100 * (1 - r["heads_kept"]["enc"] / t["enc"])
             every = 100 * (1 - sum(r["heads_kept"].values()) / sum(t.values()))
             recipe = Path(r.get("finetune_config", "finetune_pruned")).stem

@@ -145,14 +145,17 @@ def test_report_markdown_plot_and_heatmap(tmp_path: Path) -> None:
              "gates": {"epochs": 2, "gate_threshold": 0.5, "teacher_bleu": 38.0,
                        "teacher_heads": {"enc": 12, "dec": 12, "cross": 12}, "heatmap": "h.png",
                        "rows": [{"lambda": "0.05", "heads_kept": {"enc": 3, "dec": 9, "cross": 8}, "bleu": 37.9,
+                                 "heads_per_layer": {"encoder_self": [2, 1]},
                                  "bleu_gated": 37.9, "bleu_lost": 0.1, "bleu_finetuned": 38.05,
                                  "bleu_lost_finetuned": -0.05, "finetune_epochs": 2, "params": 7_000_000,
                                  "flops": 1e7},
                                 {"lambda": "per_type", "l0_lambda": {"encoder_self": 0.06, "decoder_self": 0.2},
                                  "kd": True, "gate_types": ["enc", "dec"], "seed": 7,
                                  "heads_kept": {"enc": 3, "dec": 3, "cross": 12}, "bleu": 37.6, "bleu_gated": 37.6,
+                                 "heads_per_layer": {"encoder_self": [1, 2]},
                                  "bleu_lost": 0.4, "params": 6_500_000, "flops": 9e6}]},
-             "scratch": {"budget": "6 epochs", "rows": [{"lambda": "0.05", "bleu": 35.5}]},
+             "scratch": {"budget": "6 epochs", "rows": [{"lambda": "other", "bleu": 35.5,
+                                                         "heads_per_layer": {"encoder_self": [2, 1]}}]},
              "curve_nmt": {"metric": "BLEU", "score_sentences": 10, "random_seeds": 1, "rows": rows}}
     text = head_pruning_report.markdown(state)
     assert ("| 0.05 (enc/dec/cross) | 3 / 9 / 8 | 75 / 44 | 37.90 | -0.10 | 38.05 (+0.05, 2 ep finetune_pruned) "
