@@ -36,7 +36,9 @@ def compared_models(state: dict) -> dict[str, tuple[str, float]]:
     for r in state.get("gates", {}).get("rows", []):
         models[f"gates {r['lambda']}"] = (r["checkpoint"], r["bleu"])
         if "finetuned_checkpoint" in r:
-            models[f"gates {r['lambda']} + FT"] = (r["finetuned_checkpoint"], r["bleu_finetuned"])
+            recipe = Path(r.get("finetune_config", "finetune_pruned")).stem
+            models[f"gates {r['lambda']} + {r['finetune_epochs']} ep {recipe}"] = (r["finetuned_checkpoint"],
+                                                                                 r["bleu_finetuned"])
     for r in state.get("scratch", {}).get("rows", []):
         models[f"scratch {r['lambda']}"] = (r["checkpoint"], r["bleu"])
     return models

@@ -54,7 +54,8 @@ def bench_with_cached_translations(tmp_path: Path, stored_bleu: float) -> Simple
         cache.write_text("\n".join(hyps))
     state = {"gates": {"teacher_bleu": 100.0, "rows": [
         {"lambda": "0.05", "checkpoint": str(tmp_path / "pruned.ckpt"), "bleu": stored_bleu,
-         "finetuned_checkpoint": str(tmp_path / "tuned.ckpt"), "bleu_finetuned": 100.0}]},
+         "finetuned_checkpoint": str(tmp_path / "tuned.ckpt"), "bleu_finetuned": 100.0, "finetune_epochs": 6,
+         "finetune_config": "configs/nmt/finetune_pruned_rewarm.yaml"}]},
         "scratch": {"rows": [{"lambda": "0.05", "checkpoint": str(tmp_path / "gone.ckpt"), "bleu": 30.0}]}}
     saved = {}
     return SimpleNamespace(args=SimpleNamespace(teacher=str(tmp_path / "teacher.ckpt")), work=tmp_path,
@@ -68,9 +69,10 @@ def test_stage_compares_every_stored_model_with_the_teacher(tmp_path: Path) -> N
     section = bench.saved["significance"]
     assert section["teacher"]["bleu"] == pytest.approx(100.0)
     rows = {r["model"]: r for r in section["rows"]}
-    assert set(rows) == {"gates 0.05", "gates 0.05 + FT"}  # the scratch checkpoint is gone: not compared
+    # the scratch checkpoint is gone: not compared
+    assert set(rows) == {"gates 0.05", "gates 0.05 + 6 ep finetune_pruned_rewarm"}
     assert rows["gates 0.05"]["delta"] == pytest.approx(bleu(WORSE) - 100) and rows["gates 0.05"]["p_value"] < 0.05
-    assert rows["gates 0.05 + FT"]["delta"] == 0
+    assert rows["gates 0.05 + 6 ep finetune_pruned_rewarm"]["delta"] == 0
     text = head_pruning_report.markdown({"significance": section})
     assert f"| gates 0.05 | {bleu(WORSE):.2f} ± {rows['gates 0.05']['ci95']:.2f} | {bleu(WORSE) - 100:+.2f} |" in text
 
