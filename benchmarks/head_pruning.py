@@ -301,9 +301,10 @@ def finetune_gate_rows(bench: Bench, section: dict) -> None:
     earlier recipe is kept in `earlier_finetunes`)."""
     from nmt.translate import load_translator
     epochs, config = bench.args.gate_finetune_epochs, bench.args.finetune_config
+    names = gate_row_names(bench.args)
     for row in section["rows"]:
         done = row.get("finetune_config", "configs/nmt/finetune_pruned.yaml"), row.get("finetune_epochs")
-        if row["lambda"] not in gate_row_names(bench.args) or row["heads_kept"] == section["teacher_heads"] \
+        if row["lambda"] not in names or row["heads_kept"] == section["teacher_heads"] \
                 or ("bleu_finetuned" in row and done == (config, epochs)):
             continue
         run = bench.train(f"gates_l0_{row['lambda']}_pruned_{Path(config).stem}{epochs}",

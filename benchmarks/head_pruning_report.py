@@ -67,6 +67,12 @@ def _lambda_label(row: dict) -> str:
     return str(weights)
 
 
+def recipe_label(row: dict) -> str:
+    """The recovery recipe of a fine-tuned gate row, `<epochs> ep <config stem>` (rows before recipes were recorded
+    used finetune_pruned.yaml)."""
+    return f"{row['finetune_epochs']} ep {Path(row.get('finetune_config', 'finetune_pruned')).stem}"
+
+
 def _layout(heads_per_layer: dict[str, list[int]]) -> str:
     """A hashable key of a model's head counts per attention type and layer."""
     return json.dumps(heads_per_layer, sort_keys=True)
@@ -96,9 +102,8 @@ def markdown(state: dict) -> str:
             s = scratch.get(_layout(r["heads_per_layer"]), {}).get("bleu")
             enc = 100 * (1 - r["heads_kept"]["enc"] / t["enc"])
             every = 100 * (1 - sum(r["heads_kept"].values()) / sum(t.values()))
-            recipe = Path(r.get("finetune_config", "finetune_pruned")).stem
-            tuned = (f"{_fmt(r['bleu_finetuned'])} ({-r['bleu_lost_finetuned']:+.2f}, {r['finetune_epochs']} ep "
-                     f"{recipe})" if "bleu_finetuned" in r else "–")
+            tuned = (f"{_fmt(r['bleu_finetuned'])} ({-r['bleu_lost_finetuned']:+.2f}, {recipe_label(r)})"
+                     if "bleu_finetuned" in r else "–")
             gated = "/".join(r.get("gate_types", ["enc", "dec", "cross"])) + (" + KD" if r.get("kd") else "")
             gated += "" if r.get("seed") is None else f", seed {r['seed']}"
             out.append(f"| {_lambda_label(r)} ({gated}) | {_heads(r['heads_kept'])} "

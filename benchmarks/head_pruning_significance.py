@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from head_pruning_report import recipe_label
+
 from core.training import file_sha256
 from nmt.significance import paired_bootstrap
 
@@ -36,9 +38,7 @@ def compared_models(state: dict) -> dict[str, tuple[str, float]]:
     for r in state.get("gates", {}).get("rows", []):
         models[f"gates {r['lambda']}"] = (r["checkpoint"], r["bleu"])
         if "finetuned_checkpoint" in r:
-            recipe = Path(r.get("finetune_config", "finetune_pruned")).stem
-            models[f"gates {r['lambda']} + {r['finetune_epochs']} ep {recipe}"] = (r["finetuned_checkpoint"],
-                                                                                 r["bleu_finetuned"])
+            models[f"gates {r['lambda']} + {recipe_label(r)}"] = (r["finetuned_checkpoint"], r["bleu_finetuned"])
     for r in state.get("scratch", {}).get("rows", []):
         models[f"scratch {r['lambda']}"] = (r["checkpoint"], r["bleu"])
     return models
