@@ -58,6 +58,7 @@ from compression.factorize import (  # noqa: E402
 from compression.report import flops_per_token, parameter_counts  # noqa: E402
 from compression.student import load_teacher  # noqa: E402
 from core.schedules import TriangleSchedule  # noqa: E402
+from core.swa import SWA  # noqa: E402
 from core.training import git_commit, save_module_checkpoint  # noqa: E402
 from ner.data import CoNLLDataModule  # noqa: E402
 from ner.module import TaggerModule  # noqa: E402
@@ -221,12 +222,16 @@ def evaluate(name: str, model: TaggerModule, teacher: TaggerModule, dm: CoNLLDat
 
 
 def train(model: TaggerModule, dm: CoNLLDataModule, epochs: int, peak_lr: float, args) -> float:
-    """Fit with a warm-up/linear-decay schedule; returns minutes."""
+    """Fit with a warm-up/linear-decay schedule (and, with `--swa-last-fraction`, the weights averaged
+    over that last fraction of the epochs); returns minutes."""
     start = time.perf_counter()
+    callbacks = [TriangleSchedule(peak_lr=peak_lr, warmup=0.1)]
+    if args.swa_last_fraction:
+        callbacks.append(SWA(last_fraction=args.swa_last_fraction))
     trainer = L.Trainer(accelerator="cpu", max_epochs=epochs, gradient_clip_val=1.0, logger=False,
                         enable_checkpointing=False, enable_progress_bar=args.progress, num_sanity_val_steps=0,
                         limit_val_batches=0, enable_model_summary=False,
-                        callbacks=[TriangleSchedule(peak_lr=peak_lr, warmup=0.1)])
+                        callbacks=callbacks)
     trainer.fit(model, dm)
     if model.logit_cache is not None:
         model.logit_cache.save()
@@ -292,6 +297,8 @@ def parse_args() -> argparse.Namespace:
                         "do not change: the data module's own seed)")
     p.add_argument("--entity-swap-copies", type=int, default=0,
                    help="copies of each training sentence with its entity words swapped for pseudo-words (ner.augment)")
+    p.add_argument("--swa-last-fraction", type=float, default=None,
+                   help="average the weights at the end of this last fraction of each row's epochs (core.swa)")
     p.add_argument("--max-sentences", type=int, default=None, help="first N training sentences")
     p.add_argument("--max-eval-sentences", type=int, default=None, help="first N dev/test sentences")
     p.add_argument("--speed-sentences", type=int, default=256)
@@ -346,7 +353,7 @@ def main() -> None:
                "git_commit": launch_commit, "command": " ".join(sys.argv[1:]),
                "kd": model.teacher is not None, "kd_hidden_weight": model.hparams.get("kd_hidden_weight", 0.0),
                "embedding_lr_scale": model.hparams.get("embedding_lr_scale", 1.0), "seed": args.seed,
-               "entity_swap_copies": args.entity_swap_copies, **notes}
+               "entity_swap_copies": args.entity_swap_copies, "swa_last_fraction": args.swa_last_fraction, **notes}
         if name != "teacher":
             row["reload_identical"] = reloads_identically(model, dm, args.work_dir / f"{name}.ckpt")
         teacher_f1 = next((r["test_f1"] for r in results["rows"] if r["name"] == "teacher"), row["test_f1"])

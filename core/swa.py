@@ -1,11 +1,12 @@
 """Stochastic weight averaging over the last epochs, as a callback.
 
-Averages `pl_module.model` (every task module keeps its network there) at the end of each
-epoch from `start_epoch` on with `torch.optim.swa_utils.AveragedModel`; the learning-rate
-schedule is left alone. At the end of fit the averaged weights are copied into the model,
-so the test/decode that follows and the `swa.ckpt` written beside `last.ckpt` use them, while
-`last.ckpt` keeps the raw weights and the running average (callback state), so a resumed
-run continues both.
+Averages the task module's registered submodules (the translation model; a tagger's encoder,
+casing embedding and head) at the end of each epoch from `start_epoch` on with
+`torch.optim.swa_utils.AveragedModel`; the learning-rate schedule is left alone. A teacher is not
+a registered submodule, so it is neither copied nor averaged. At the end of fit the averaged
+weights are copied into the model, so the test/decode that follows and the `swa.ckpt` written
+beside `last.ckpt` use them, while `last.ckpt` keeps the raw weights and the running average
+(callback state), so a resumed run continues both.
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from torch import nn
 from torch.optim.swa_utils import AveragedModel
+
+
+def _network(pl_module: L.LightningModule) -> nn.ModuleDict:
+    """The module's registered submodules in one container that shares their parameters."""
+    return nn.ModuleDict(dict(pl_module.named_children()))
 
 
 class SWA(Callback):
@@ -38,7 +45,7 @@ class SWA(Callback):
 
     def _ensure(self, pl_module: L.LightningModule) -> AveragedModel:
         if self.averaged is None:
-            self.averaged = AveragedModel(pl_module.model, device=torch.device("cpu"), use_buffers=True)
+            self.averaged = AveragedModel(_network(pl_module), device=torch.device("cpu"), use_buffers=True)
             if self._pending_state is not None:
                 self.averaged.load_state_dict(self._pending_state)
                 self._pending_state = None
@@ -46,7 +53,7 @@ class SWA(Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.current_epoch >= self.first_epoch(trainer):
-            self._ensure(pl_module).update_parameters(pl_module.model)
+            self._ensure(pl_module).update_parameters(_network(pl_module))
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # After fit, not at train end: ModelCheckpoint writes `last.ckpt` in on_train_end,
@@ -56,7 +63,7 @@ class SWA(Callback):
         if self.averaged is None or int(self.averaged.n_averaged) == 0:
             return
         averaged = self.averaged.module.state_dict()
-        pl_module.model.load_state_dict({k: v.to(pl_module.device) for k, v in averaged.items()})
+        _network(pl_module).load_state_dict({k: v.to(pl_module.device) for k, v in averaged.items()})
         ckpt_dir = getattr(trainer.checkpoint_callback, "dirpath", None)
         if ckpt_dir:
             trainer.save_checkpoint(Path(ckpt_dir) / "swa.ckpt", weights_only=False)

@@ -10,11 +10,13 @@ import lightning as L
 import pytest
 import torch
 import yaml
+from conftest import save_like_lightning
 from tokenizers.implementations import BertWordPieceTokenizer
 
 from core.cli import main as train_main
 from core.data_dir import REPO_ROOT
 from core.schedules import TriangleSchedule
+from core.swa import SWA
 from ner.conll import read_conll, to_iob2
 from ner.data import CoNLLDataModule
 from ner.module import TaggerModule, entity_scores, score_conll
@@ -113,6 +115,37 @@ def test_tiny_tagger_overfits_then_reloads_identically(tiny: dict, tmp_path: Pat
     with torch.no_grad():
         assert torch.equal(reloaded(batch["input_ids"], batch["attention_mask"], batch["casing"]),
                            model(batch["input_ids"], batch["attention_mask"], batch["casing"]))
+
+
+class _EpochSnapshots(L.Callback):
+    def __init__(self) -> None:
+        self.weights: list[dict] = []
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.weights.append({k: v.clone() for k, v in pl_module.state_dict().items()})
+
+
+@needs_data
+def test_swa_averages_the_whole_tagger_not_its_teacher(tiny: dict, tmp_path: Path, one_thread) -> None:
+    """The SWA callback averages every registered part of a tagger (encoder, casing embedding,
+    head); its integer buffers stay as they are and a KD teacher is left out."""
+    dm = CoNLLDataModule(dir=str(tiny["root"]), tokenizer=str(tiny["tokenizer"]), batch_size=8)
+    L.seed_everything(0)
+    teacher_path = tmp_path / "teacher.ckpt"
+    save_like_lightning(TaggerModule(bert_config=tiny["config"], casing=True, data_spec=dm.spec()), teacher_path)
+    model = TaggerModule(bert_config=tiny["config"], casing=True, data_spec=dm.spec(), teacher=str(teacher_path))
+    snaps = _EpochSnapshots()
+    quiet_trainer(max_epochs=4, limit_val_batches=0, num_sanity_val_steps=0,
+                  callbacks=[TriangleSchedule(peak_lr=3e-3, warmup=1), snaps, SWA(last_fraction=0.5)]).fit(model, dm)
+    final = model.state_dict()
+    assert final.keys() == snaps.weights[3].keys()  # the teacher is not in the state dict
+    for name, value in final.items():  # snapshots at the end of epochs 2 and 3 (0-based)
+        if value.is_floating_point():
+            torch.testing.assert_close(value, (snaps.weights[2][name] + snaps.weights[3][name]) / 2)
+        else:
+            assert torch.equal(value, snaps.weights[3][name])
+    assert not torch.equal(final["head.weight"], snaps.weights[3]["head.weight"])
+    assert not torch.equal(final["casing_embed.weight"], snaps.weights[3]["casing_embed.weight"])
 
 
 def test_entity_scores_are_word_level_seqeval() -> None:
