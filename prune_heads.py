@@ -1,20 +1,29 @@
-"""Prune attention heads of an NMT or NER checkpoint; write the pruned checkpoint and a report.
+"""Prune attention heads of any task's checkpoint (translation, tagger, sentence encoder); write the pruned
+checkpoint and a report.
 
     # Taylor importance on 500 training pairs, remove 75 % of encoder heads and 2 cross heads:
     python prune_heads.py --ckpt RUN/checkpoints/last.ckpt --method taylor \\
-        --prune encoder_self=0.75,decoder_cross=2 --src train.en --ref train.de \\
-        --eval_src test_2016_flickr.en --eval_ref test_2016_flickr.de --output pruned.ckpt
+        --prune encoder_self=0.75,decoder_cross=2 --score_data train.en train.de \\
+        --eval_data test_2016_flickr.en test_2016_flickr.de --output pruned.ckpt
 
     # Gate fine-tuned checkpoint: keep heads whose eval-time gate is > 0.5 (gates removed):
     python prune_heads.py --ckpt GATED.ckpt --method gates --gate_threshold 0.5 --output pruned.ckpt
 
     # NER tagger, 30 % of all heads at random (baseline), F1 on the dev set:
-    python prune_heads.py --ckpt ner.ckpt --method random --prune 0.3 --eval_conll valid.txt --output p.ckpt
+    python prune_heads.py --ckpt ner.ckpt --method random --prune 0.3 --eval_data valid.txt --output p.ckpt
+
+    # Sentence encoder, half of its heads by Taylor importance on STS pairs, Spearman on STS-B dev:
+    python prune_heads.py --ckpt sts.ckpt --method taylor --prune 0.5 --score_data sts-train.csv \\
+        --eval_data sts-dev.csv --output p.ckpt
+
+`--score_data` / `--eval_data` are the task's files: source and reference text (nmt), a CoNLL file
+(ner), an STS CSV (sts). The task is the one the checkpoint records; `--task` names it for
+checkpoints written before tasks were recorded.
 
 Targets: `--prune N` (heads), `--prune 0.4` (fraction) over all attention types ranked
 together, or per type `TYPE=AMOUNT,...` (types: encoder_self, decoder_self, decoder_cross,
-bert_self). Writes `<output>` (reloads alone with `TranslationModule/TaggerModule
-.load_from_checkpoint(path, weights_only=False)`) and `<report>.json` / `<report>.md`
+bert_self). Writes `<output>` (reloads alone with `core.tasks.load_task_module(path)` or the
+module's `load_from_checkpoint(path, weights_only=False)`) and `<report>.json` / `<report>.md`
 (default: the output path without its suffix).
 
 Optional fine-tuning: `--finetune_epochs N --finetune_config configs/nmt/small.yaml` trains the
@@ -31,26 +40,26 @@ import shlex
 import sys
 from pathlib import Path
 
-from compression.pruning_pipeline import METHODS, PruneOptions, load_module, measure_quality, prune_checkpoint
+from compression.pruning_pipeline import METHODS, PruneOptions, measure_quality, prune_checkpoint
+from core.tasks import load_task_module
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface (one flag per `PruneOptions` field)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, dest="checkpoint", help="TranslationModule or TaggerModule checkpoint")
+    p.add_argument("--ckpt", required=True, dest="checkpoint", help="checkpoint of any registered task")
     p.add_argument("--output", required=True, help="pruned checkpoint to write")
     p.add_argument("--method", required=True, choices=METHODS)
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--prune", help="N heads, a fraction, or TYPE=AMOUNT,... per attention type")
     target.add_argument("--gate_threshold", type=float, help="gates: keep heads whose eval-time gate is > T")
-    p.add_argument("--src", help="NMT taylor scoring: source side of parallel text")
-    p.add_argument("--ref", help="NMT taylor scoring: target side of parallel text")
-    p.add_argument("--conll", help="NER taylor scoring: CoNLL file")
-    p.add_argument("--score_sentences", type=int, default=500, help="first N sentences used for scoring")
+    p.add_argument("--task", help="task of a checkpoint that records none (older files), e.g. nmt")
+    p.add_argument("--score_data", nargs="+", default=[], help="taylor scoring: the task's files "
+                   "(nmt: source reference; ner: CoNLL file; sts: STS CSV)")
+    p.add_argument("--score_sentences", type=int, default=500, help="first N examples used for scoring")
     p.add_argument("--score_batch_size", type=int, default=32)
-    p.add_argument("--eval_src", help="NMT quality: source file (BLEU/chrF before and after)")
-    p.add_argument("--eval_ref", help="NMT quality: reference file")
-    p.add_argument("--eval_conll", help="NER quality: CoNLL file (entity F1 before and after)")
+    p.add_argument("--eval_data", nargs="+", default=[], help="quality before/after: the task's files "
+                   "(nmt: source reference -> BLEU/chrF; ner: CoNLL -> F1; sts: STS CSV -> Spearman)")
     p.add_argument("--beam_size", type=int, default=5, help="NMT quality: beam size")
     p.add_argument("--batch_sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16, 64],
                    help="latency batch sizes, comma separated")
@@ -80,7 +89,7 @@ def finetune(report: dict, opts: PruneOptions, epochs: int, config: str | None, 
     folder = Path(cli.trainer.checkpoint_callback.dirpath)
     tuned = folder / "swa.ckpt" if (folder / "swa.ckpt").is_file() else folder / "last.ckpt"
     report["finetuned_checkpoint"], report["finetune_epochs"] = str(tuned), epochs
-    report["quality"]["finetuned"] = measure_quality(report["task"], load_module(tuned)[1], opts)
+    report["quality"]["finetuned"] = measure_quality(*load_task_module(tuned, opts.task), opts)
     stem = Path(opts.report) if opts.report else Path(opts.output).with_suffix("")
     Path(f"{stem}.json").write_text(json.dumps(report, indent=2, default=str))
     with open(f"{stem}.md", "a") as md:

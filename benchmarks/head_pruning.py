@@ -49,20 +49,12 @@ from head_pruning_report import SHORT, heatmap_from_gif, markdown, plot_curve  #
 from head_pruning_significance import stage_significance  # noqa: E402, F401  (a stage, dispatched by name)
 
 from compression.importance import random_importance, taylor_importance  # noqa: E402
+from compression.measure import flops_per_token, parameter_counts  # noqa: E402
 from compression.prune import heads_to_keep, prune_model  # noqa: E402
-from compression.pruning_pipeline import (  # noqa: E402
-    PruneOptions,
-    load_module,
-    measure_quality,
-    ner_batches,
-    ner_loss,
-    nmt_batches,
-    nmt_loss,
-    prune_checkpoint,
-)
-from compression.report import flops_per_token, parameter_counts  # noqa: E402
+from compression.pruning_pipeline import PruneOptions, prune_checkpoint  # noqa: E402
 from compression.scratch import write_scratch_init  # noqa: E402
 from core.data_dir import REPO_ROOT, resolve_data_dir  # noqa: E402
+from core.tasks import EvalOptions, get_task, load_task_module  # noqa: E402
 from core.training import epochs_done, file_sha256, git_commit  # noqa: E402
 
 STAGES = ("curve_nmt", "gates", "scratch", "latency", "curve_ner", "significance")
@@ -208,8 +200,7 @@ def nmt_bleu(module, bench: Bench, beam: int) -> float:
 
 
 def ner_f1(module, conll: Path) -> float:
-    opts = PruneOptions(checkpoint="", output="", method="taylor", eval_conll=str(conll))
-    return measure_quality("ner", module, opts)["f1"]
+    return get_task("ner").quality(module, [conll], EvalOptions())["f1"]
 
 
 def curve(module, scores_fn, evaluate, fractions: list[float], seeds: int) -> list[dict]:
@@ -233,11 +224,11 @@ def curve(module, scores_fn, evaluate, fractions: list[float], seeds: int) -> li
 
 def stage_curve_nmt(bench: Bench) -> None:
     a = bench.args
-    _, teacher = load_module(a.teacher)
-    batches = nmt_batches(teacher, bench.train_src, bench.train_ref, a.score_sentences, 32)
+    _, teacher = load_task_module(a.teacher, "nmt")
+    batches = get_task("nmt").scoring_batches(teacher, [bench.train_src, bench.train_ref], a.score_sentences, 32)
     section = {"metric": f"test2016 BLEU, beam {a.curve_beam}", "score_sentences": a.score_sentences,
                "random_seeds": a.random_seeds, "rows": []}
-    for rows in curve(teacher, lambda: taylor_importance(teacher, batches, nmt_loss),
+    for rows in curve(teacher, lambda: taylor_importance(teacher, batches, get_task("nmt").loss),
                       lambda m: nmt_bleu(m, bench, a.curve_beam), a.fractions, a.random_seeds):
         section["rows"] = rows
         section["plot"] = str(plot_curve(rows, "BLEU (test2016)", "Multi30k en-de: heads pruned vs BLEU",
@@ -253,7 +244,7 @@ def size_row(report: dict) -> dict:
 
 def stage_gates(bench: Bench) -> None:
     a = bench.args
-    _, teacher = load_module(a.teacher)
+    _, teacher = load_task_module(a.teacher, "nmt")
     section = bench.state.get("gates", {})
     if "teacher_bleu" not in section:
         section["teacher_bleu"] = nmt_bleu(teacher, bench, 5)
@@ -270,7 +261,7 @@ def stage_gates(bench: Bench) -> None:
         out = bench.work / f"gates_l0_{lam}_pruned.ckpt"
         report = prune_checkpoint(PruneOptions(
             checkpoint=str(run / "checkpoints/last.ckpt"), output=str(out), method="gates",
-            gate_threshold=a.gate_threshold, eval_src=str(bench.test_src), eval_ref=str(bench.test_ref),
+            gate_threshold=a.gate_threshold, eval_data=[str(bench.test_src), str(bench.test_ref)],
             beam_size=5, batch_sizes=a.batch_sizes, report=str(bench.work / f"gates_l0_{lam}_report")))
         kept = {SHORT[k]: sum(v) for k, v in report["heads"]["after"].items()}
         bleu = report["quality"]["after"]["bleu"]
@@ -367,16 +358,16 @@ def time_models(models: dict[str, torch.nn.Module], batches: list[dict], rounds:
 
 def stage_latency(bench: Bench) -> None:
     a = bench.args
-    _, teacher = load_module(a.teacher)
+    _, teacher = load_task_module(a.teacher, "nmt")
     models = {"teacher": teacher}
-    score_batches = nmt_batches(teacher, bench.train_src, bench.train_ref, a.score_sentences, 32)
-    scores = taylor_importance(teacher, score_batches, nmt_loss)
+    score_batches = get_task("nmt").scoring_batches(teacher, [bench.train_src, bench.train_ref], a.score_sentences, 32)
+    scores = taylor_importance(teacher, score_batches, get_task("nmt").loss)
     for level in a.taylor_levels:
         pruned = copy.deepcopy(teacher)
         prune_model(pruned.compressible_network(), heads_to_keep(scores, level))
         models[f"taylor_{level:.0%}"] = pruned
     for row in bench.state.get("gates", {}).get("rows", []):
-        models[f"gates_l0_{row['lambda']}"] = load_module(row["checkpoint"])[1]
+        models[f"gates_l0_{row['lambda']}"] = load_task_module(row["checkpoint"], "nmt")[1]
     nets = {name: m.model.eval() for name, m in models.items()}
     section = {"measure": "teacher-forced forward (encoder + decoder + output projection) over real test2016 "
                           "batches in file order; per model the median over rounds per batch; speed-up = median "
@@ -384,7 +375,7 @@ def stage_latency(bench: Bench) -> None:
                "rounds": a.latency_rounds, "batches_per_size": a.latency_batches, "rows": []}
     per_size = {}
     for bs in a.batch_sizes:
-        batches = nmt_batches(teacher, bench.test_src, bench.test_ref, bs * a.latency_batches, bs)
+        batches = get_task("nmt").scoring_batches(teacher, [bench.test_src, bench.test_ref], bs * a.latency_batches, bs)
         per_size[bs] = (batches, time_models(nets, batches, a.latency_rounds))
         print(f"[latency] batch {bs}: {len(batches)} batches timed", flush=True)
     flops_batch = per_size[a.batch_sizes[0]][0][0]
@@ -408,16 +399,17 @@ def stage_curve_ner(bench: Bench) -> None:
     if not a.ner_ckpt:
         raise SystemExit("curve_ner needs --ner_ckpt (a trained TaggerModule checkpoint)")
     conll = resolve_data_dir(a.data_dir, "conll2003")
-    _, tagger = load_module(a.ner_ckpt)
+    _, tagger = load_task_module(a.ner_ckpt, "ner")
     test = conll / "eng.testb"
     if a.eval_sentences:
         blocks = test.read_text().split("\n\n")[: a.eval_sentences + 1]
         test = bench.work / "eng.testb.head"
         test.write_text("\n\n".join(blocks) + "\n")
-    batches = ner_batches(tagger, conll / "eng.train", a.score_sentences, 32)
+    batches = get_task("ner").scoring_batches(tagger, [conll / "eng.train"], a.score_sentences, 32)
     section = {"metric": "test F1 (eng.testb, seqeval)", "checkpoint": a.ner_ckpt,
                "score_sentences": a.score_sentences, "random_seeds": a.random_seeds, "rows": []}
-    for rows in curve(tagger, lambda: taylor_importance(tagger, batches, ner_loss), lambda m: ner_f1(m, test),
+    for rows in curve(tagger, lambda: taylor_importance(tagger, batches, get_task("ner").loss),
+                      lambda m: ner_f1(m, test),
                       a.fractions, a.random_seeds):
         section["rows"] = rows
         section["plot"] = str(plot_curve(rows, "entity F1 (eng.testb)", "CoNLL-2003 tagger: heads pruned vs F1",

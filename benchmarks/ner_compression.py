@@ -55,7 +55,7 @@ from compression.factorize import (  # noqa: E402
     input_second_moments,
     token_frequency_weights,
 )
-from compression.report import flops_per_token, parameter_counts  # noqa: E402
+from compression.measure import flops_per_token, parameter_counts  # noqa: E402
 from compression.student import load_teacher  # noqa: E402
 from core.schedules import TriangleSchedule  # noqa: E402
 from core.swa import SWA  # noqa: E402

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from teacher_results import open_results, write_results  # noqa: E402
 
 from compression.distill import kd_loss  # noqa: E402
-from compression.report import parameter_counts  # noqa: E402
+from compression.measure import parameter_counts  # noqa: E402
 from compression.student import init_from_teacher_layers, load_teacher  # noqa: E402
 from core.schedules import TriangleSchedule  # noqa: E402
 from nmt.data import TranslationDataModule  # noqa: E402

@@ -20,18 +20,12 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from compression.measure import latency  # noqa: E402
 from sts.data import read_sts  # noqa: E402
 from sts.module import SentenceEncoderModule  # noqa: E402
-from sts.timing import (  # noqa: E402
-    equal_speed_comparison,
-    equal_speed_lines,
-    sentence_batches,
-    side_by_side_latency,
-)
+from sts.timing import equal_speed_comparison, equal_speed_lines, sentence_batches  # noqa: E402
 
 
 def main() -> None:
@@ -57,13 +51,13 @@ def main() -> None:
     pairs = read_sts(next(iter(cfg["sts_files"].values())))
     sentences = [p.sentence1 for p in pairs]
     inputs = sentence_batches(teacher.tokenizer, sentences, cfg["latency_batch_sizes"], cfg["max_length"])
-    latency = side_by_side_latency(models, inputs, args.repeats)
+    timed = latency(models, inputs, args.repeats)
     dropped = {r["name"]: r for r in baselines["rows"] if "kept_layers" in r}
     quality = {**{r["name"]: r for r in report["rows"]}, **dropped}
     rows = []
-    for name, per_batch in latency.items():
+    for name, per_batch in timed.ms.items():
         row = {"name": name, "latency_ms": {str(b): ms for b, ms in per_batch.items()},
-               "speedup_b16": latency["teacher"][16] / per_batch[16],
+               "speedup_b16": timed.speedup(name, "teacher", 16),
                "quality_vs_teacher": quality[name]["quality_vs_teacher"]}
         if "kept_layers" in quality[name]:
             row["kept_layers"] = quality[name]["kept_layers"]
@@ -71,7 +65,7 @@ def main() -> None:
         print(f"{name}: " + " / ".join(f"b{b} {ms:.1f} ms" for b, ms in per_batch.items())
               + f"  speed-up b16 {row['speedup_b16']:.2f}x  quality {row['quality_vs_teacher']:.2f} %")
     out = {"report": args.report, "baselines": args.baselines, "student": args.student, "repeats": args.repeats,
-           "torch_threads": torch.get_num_threads(), "rows": rows,
+           "torch_threads": timed.threads, "rows": rows,
            "equal_speed": [equal_speed_comparison(rows, b) for b in inputs],
            "command": "python " + " ".join(sys.argv)}
     print("\n".join(equal_speed_lines(rows, list(inputs))))

@@ -1,40 +1,39 @@
 """Prune attention heads of a trained checkpoint: score, choose, cut, save, report.
 
-The pipeline behind `prune_heads.py`. A checkpoint of an NMT `TranslationModule` or an NER
-`TaggerModule` (detected from its hyper-parameters) is loaded, its heads are ranked by
-`method` (`taylor`: Michel et al. |dL/d mask_h| over scoring data; `random`: the baseline;
+The pipeline behind `prune_heads.py`, the same for every task (`core.tasks`): a checkpoint of any
+registered task (the task it records, or `task` for older files) is loaded, its heads are ranked by
+`method` (`taylor`: Michel et al. |dL/d mask_h| of the task's loss over scoring data; `random`: the baseline;
 `gates`: the trained hard-concrete gates), the least important ones are cut out physically
 (`compression.prune`), and the pruned module is saved with its own checkpoint hooks, so
-`<Module>.load_from_checkpoint(path, weights_only=False)` rebuilds it from the file alone.
+`core.tasks.load_task_module(path)` rebuilds it from the file alone.
 
 Gates: heads whose eval-time gate is <= `gate_threshold` (or the lowest-ranked ones for a
 count target) are removed, the kept heads' eval-time gate values are folded into the output
 projection's input columns and the gates are detached, so the pruned model has no gates and
 computes exactly what the gated model computed at eval on the kept heads.
 
-The report (`REPORT_KEYS`) has heads kept per layer and type, size (`compression.report`:
+The report (`REPORT_KEYS`) has heads kept per layer and type, size (`compression.measure`:
 params, FLOPs per token, median CPU latency per batch size) and quality (BLEU/chrF or F1)
-before and after.
+(the task's `quality` on `eval_data`) before and after.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from lightning import LightningModule
 from torch import Tensor, nn
 
 from compression.gates import attached_gates, detach_gates
 from compression.heads import attention_modules, check_types
 from compression.importance import random_importance, taylor_importance
+from compression.measure import size_report
 from compression.prune import HeadPlan, head_config, heads_to_keep, prune_model
-from compression.report import size_report
+from core.tasks import EvalOptions, Task, load_task_module
 from core.training import save_module_checkpoint
 
 METHODS = ("gates", "taylor", "random")
@@ -51,39 +50,17 @@ class PruneOptions:
     method: str
     prune: str | None = None
     gate_threshold: float | None = None
-    src: str | None = None
-    ref: str | None = None
-    conll: str | None = None
+    task: str | None = None
+    score_data: list[str] = field(default_factory=list)
     score_sentences: int = 500
     score_batch_size: int = 32
-    eval_src: str | None = None
-    eval_ref: str | None = None
-    eval_conll: str | None = None
+    eval_data: list[str] = field(default_factory=list)
     beam_size: int = 5
     batch_sizes: list[int] = field(default_factory=lambda: [1, 16, 64])
     seq_len: int = 24
     latency_repeats: int = 10
     seed: int = 0
     report: str | None = None
-
-
-# ----------------------------------------------------------------------------- loading
-def load_module(path: str | Path) -> tuple[str, LightningModule]:
-    """('nmt' | 'ner', module in eval mode on CPU) for a TranslationModule / TaggerModule checkpoint."""
-    if not Path(path).is_file():
-        raise ValueError(f"checkpoint {str(path)!r} does not exist")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    hparams = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
-    if "arch" in hparams:
-        from nmt.module import TranslationModule
-        task, cls = "nmt", TranslationModule
-    elif "bert_config" in hparams or "checkpoint_dir" in hparams:
-        from ner.module import TaggerModule
-        task, cls = "ner", TaggerModule
-    else:
-        raise ValueError(f"{str(path)!r} is neither a TranslationModule nor a TaggerModule checkpoint "
-                         f"(hyper-parameters: {sorted(hparams)})")
-    return task, cls.load_from_checkpoint(path, map_location="cpu", weights_only=False).eval()
 
 
 # ----------------------------------------------------------------------------- targets
@@ -123,54 +100,6 @@ def _check_target(network: nn.Module, target: Target) -> None:
             raise ValueError(f"--prune {kind}: cannot prune {amount} heads, the model has only {total}")
         if isinstance(amount, int | float) and amount < 0 or isinstance(amount, float) and amount > 1:
             raise ValueError(f"--prune {kind}: {amount} is not a head count in [0, {total}] or a fraction in [0, 1]")
-
-
-# ----------------------------------------------------------------------------- scoring data
-def _need(path: str | None, flag: str, why: str) -> Path:
-    if not path:
-        raise ValueError(f"scoring data missing: {why} needs {flag}")
-    if not Path(path).is_file():
-        raise ValueError(f"scoring data missing: {flag} file {path!r} does not exist")
-    return Path(path)
-
-
-def _chunks(items: list, size: int) -> Iterator[list]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
-def nmt_batches(module: LightningModule, src: Path, ref: Path, n: int, batch_size: int) -> list[dict]:
-    """Teacher-forcing batches from the first `n` lines of a parallel text pair."""
-    from nmt.data import ParallelSplit, collate, read_parallel
-    s, t, _ = read_parallel(src, ref)
-    s, t = s[:n], t[:n]
-    split = ParallelSplit("score", module.vocab.encode_src(s), module.vocab.encode_tgt(t), s, t)
-    return [collate(split, idx) for idx in _chunks(list(range(len(split))), batch_size)]
-
-
-def nmt_loss(module: nn.Module, batch: dict) -> Tensor:
-    """Mean token cross-entropy (no smoothing) of a TranslationModule on a teacher-forcing batch."""
-    logits = module.model(batch["src"], batch["tgt_in"])
-    return F.cross_entropy(logits.flatten(0, 1), batch["tgt_out"].flatten(), ignore_index=module.cfg.pad_id)
-
-
-def ner_batches(module: LightningModule, conll: Path, n: int, batch_size: int) -> list[dict]:
-    """Tagger batches (sub-token windows) from the first `n` sentences of a CoNLL file."""
-    from ner.align import SentenceEncoder
-    from ner.conll import read_conll, to_iob2
-    from ner.data import collate
-    sentences, _ = to_iob2(read_conll(conll))
-    encoder = SentenceEncoder(module.tokenizer, module.labels, module.max_length)
-    examples = [e for i, s in enumerate(sentences[:n]) for e in encoder(s.tokens, i, s.tags)]
-    pad_id = module.tokenizer.token_to_id("[PAD]") or 0
-    return [collate(chunk, pad_id) for chunk in _chunks(examples, batch_size)]
-
-
-def ner_loss(module: nn.Module, batch: dict) -> Tensor:
-    """Sub-token cross-entropy of a TaggerModule on a batch."""
-    from ner.align import IGNORE
-    logits = module(batch["input_ids"], batch["attention_mask"], batch["casing"])
-    return F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE)
 
 
 # ----------------------------------------------------------------------------- planning
@@ -214,58 +143,33 @@ def _counts(network: nn.Module) -> dict[str, list[int]]:
 
 
 # ----------------------------------------------------------------------------- measuring
-def _example_inputs(task: str, module: LightningModule, seq_len: int, seed: int) -> Callable[[int], tuple]:
+def measure_size(task: Task, module: LightningModule, opts: PruneOptions) -> dict:
+    """`size_report` of the task's timed network on its example inputs at `opts.batch_sizes`."""
     def make(batch: int) -> tuple:
-        gen = torch.Generator().manual_seed(seed)
-        if task == "nmt":
-            high = module.cfg.vocab_size
-            return (torch.randint(4, high, (batch, seq_len), generator=gen),
-                    torch.randint(4, high, (batch, seq_len), generator=gen))
-        ids = torch.randint(1000 if module.bert.cfg.vocab_size > 2000 else 1,
-                            module.bert.cfg.vocab_size, (batch, seq_len), generator=gen)
-        return ids, torch.ones_like(ids)
-    return make
-
-
-def measure_size(task: str, module: LightningModule, opts: PruneOptions) -> dict:
-    """`size_report` of the network that is pruned (NMT seq2seq / tagger) at `opts.batch_sizes`."""
-    target = module.model if task == "nmt" else module
-    make = _example_inputs(task, module, opts.seq_len, opts.seed)
-
-    def count(inputs: tuple) -> int:
-        return inputs[-1].numel() if task == "nmt" else inputs[0].numel()  # target / input tokens
+        return task.example_inputs(module, batch, opts.seq_len, opts.seed)
 
     with torch.no_grad():
-        return size_report(target, make, opts.batch_sizes, repeats=opts.latency_repeats, warmup=1,
-                           count_tokens=count)
+        return size_report(task.timed_network(module), make, opts.batch_sizes, repeats=opts.latency_repeats,
+                           warmup=1, count_tokens=task.count_tokens)
 
 
-def measure_quality(task: str, module: LightningModule, opts: PruneOptions) -> dict | None:
-    """BLEU/chrF on --eval_src/--eval_ref (NMT) or entity F1 on --eval_conll (NER); None without data."""
-    module.eval()
-    if task == "nmt":
-        if not (opts.eval_src and opts.eval_ref):
-            return None
-        from nmt.translate import evaluate_file
-        with torch.no_grad():
-            result = evaluate_file(module, Path(opts.eval_src), Path(opts.eval_ref), opts.beam_size)
-        result.pop("hypotheses")
-        return result
-    if not opts.eval_conll:
+def measure_quality(task: Task, module: LightningModule, opts: PruneOptions) -> dict | None:
+    """The task's quality on `opts.eval_data` (BLEU/chrF, entity F1, Spearman); None without eval data."""
+    if not opts.eval_data:
         return None
-    from ner.module import score_conll
-    scores = score_conll(module, _need(opts.eval_conll, "--eval_conll", "F1"))
-    return {k: scores[k] for k in ("f1", "precision", "recall", "sentences")}
+    module.eval()
+    return task.quality(module, [Path(f) for f in opts.eval_data], EvalOptions(beam_size=opts.beam_size))
 
 
 # ----------------------------------------------------------------------------- saving
 def save_checkpoint(module: LightningModule, path: str | Path) -> dict:
     """Write the model part of a Lightning checkpoint through the module's own save hook.
 
-    Gates are gone after pruning, so `gate_types` and `l0_lambda` are reset in the saved
-    hyper-parameters (a reload would otherwise re-attach gates / demand an L0 term).
+    Gates are gone after pruning, so a module that gates by hyper-parameter (`gate_types`, `l0_lambda`)
+    saves them reset (a reload would otherwise re-attach gates / demand an L0 term).
     """
-    return save_module_checkpoint(module, path, gate_types=None, l0_lambda=0.0)
+    resets = {"gate_types": None, "l0_lambda": 0.0}
+    return save_module_checkpoint(module, path, **{k: v for k, v in resets.items() if k in module.hparams})
 
 
 def _jsonable(scores: dict[str, Tensor]) -> dict[str, list[list[float | None]]]:
@@ -274,11 +178,11 @@ def _jsonable(scores: dict[str, Tensor]) -> dict[str, list[list[float | None]]]:
 
 
 # ----------------------------------------------------------------------------- pipeline
-def plan_pruning(task: str, module: LightningModule, opts: PruneOptions) -> tuple[HeadPlan, dict | None]:
+def plan_pruning(task: Task, module: LightningModule, opts: PruneOptions) -> tuple[HeadPlan, dict | None]:
     """(plan {type: [kept current head indices per layer]}, importance scores or None)."""
     if opts.method not in METHODS:
         raise ValueError(f"--method must be one of {list(METHODS)}, got {opts.method!r}")
-    network = module.compressible_network()
+    network = task.network(module)
     if (opts.prune is None) == (opts.gate_threshold is None):
         raise ValueError("give exactly one target: --prune N|FRACTION|TYPE=AMOUNT,... or --gate_threshold T")
     if opts.gate_threshold is not None and opts.method != "gates":
@@ -298,15 +202,9 @@ def plan_pruning(task: str, module: LightningModule, opts: PruneOptions) -> tupl
     elif opts.method == "random":
         scores = random_importance(network, types, seed=opts.seed)
     else:
-        if task == "nmt":
-            batches = nmt_batches(module, _need(opts.src, "--src", "taylor scoring"),
-                                  _need(opts.ref, "--ref", "taylor scoring"), opts.score_sentences,
-                                  opts.score_batch_size)
-            loss = nmt_loss
-        else:
-            batches = ner_batches(module, _need(opts.conll, "--conll", "taylor scoring"), opts.score_sentences,
-                                  opts.score_batch_size)
-            loss = ner_loss
+        batches = task.scoring_batches(module, [Path(f) for f in opts.score_data], opts.score_sentences,
+                                       opts.score_batch_size)
+        loss = task.loss
         scores = taylor_importance(module, batches, loss, types)
     plan = heads_to_keep(scores, target)
     return plan, scores
@@ -314,8 +212,8 @@ def plan_pruning(task: str, module: LightningModule, opts: PruneOptions) -> tupl
 
 def prune_checkpoint(opts: PruneOptions) -> dict:
     """Run the whole pipeline; writes `opts.output` and the report (.json, .md); returns the report."""
-    task, module = load_module(opts.checkpoint)
-    network = module.compressible_network()
+    task, module = load_task_module(opts.checkpoint, opts.task)
+    network = task.network(module)
     if opts.method != "gates":
         # A gated checkpoint pruned by another method: its eval-time gates become plain weights
         # first (same outputs), so scoring masks are not overwritten by the gates' hooks.
@@ -329,7 +227,7 @@ def prune_checkpoint(opts: PruneOptions) -> dict:
     module.eval()
     save_checkpoint(module, opts.output)
     report = {
-        "task": task, "checkpoint": str(opts.checkpoint), "output": str(opts.output), "method": opts.method,
+        "task": task.name, "checkpoint": str(opts.checkpoint), "output": str(opts.output), "method": opts.method,
         "target": {"prune": opts.prune, "gate_threshold": opts.gate_threshold},
         "heads": {"before": heads_before, "after": _counts(network), "kept": head_config(network),
                   "scores": _jsonable(scores) if scores else None},
@@ -360,7 +258,7 @@ def markdown_report(report: dict) -> str:
         lines.append(f"| {name} | {s['params']['total']:,} | {s['flops_per_token']:,.0f} | {lat} |")
     q = report["quality"]
     if q["before"] is not None:
-        keys = [k for k in ("bleu", "chrf", "f1") if k in q["before"]]
+        keys = [k for k in ("bleu", "chrf", "f1", "spearman") if k in q["before"]]
         lines += ["", "| | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
         for name in ("before", "after"):
             lines.append(f"| {name} | " + " | ".join(f"{q[name][k]:.2f}" if k != "f1" else f"{q[name][k]:.4f}"

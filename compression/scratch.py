@@ -17,7 +17,8 @@ from lightning import LightningModule
 
 from compression.gates import attached_gates
 from compression.prune import apply_head_config, head_config
-from compression.pruning_pipeline import load_module, save_checkpoint
+from compression.pruning_pipeline import save_checkpoint
+from core.tasks import load_task_module
 
 
 def scratch_init(pruned: LightningModule, seed: int = 0) -> LightningModule:
@@ -37,7 +38,7 @@ def scratch_init(pruned: LightningModule, seed: int = 0) -> LightningModule:
 
 def write_scratch_init(pruned_checkpoint: str | Path, output: str | Path, seed: int = 0) -> dict[str, list[int]]:
     """Write `scratch_init` of a pruned checkpoint to `output`; returns heads per layer by type."""
-    _, pruned = load_module(pruned_checkpoint)
+    _, pruned = load_task_module(pruned_checkpoint)
     fresh = scratch_init(pruned, seed)
     save_checkpoint(fresh, output)
     layout = head_config(fresh.compressible_network())

@@ -29,7 +29,7 @@ from torch import nn
 
 from compression.distill import freeze_teacher
 from compression.factorize import FactorizedEmbedding, factorize_embedding
-from compression.report import parameter_counts
+from compression.measure import parameter_counts
 from compression.sharing import SharedLayerStack, reset_parameters, share_layers
 
 TEACHER_ATTR = "_kd_teacher"

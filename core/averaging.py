@@ -2,7 +2,7 @@
 
 Like fairseq's `scripts/average_checkpoints.py` and the uniform soup of Wortsman et al. 2022
 ("Model soups"): average the last epochs of one run, or several fine-tunes of one model.
-Works for any task module (TranslationModule, TaggerModule) because it only touches
+Works for any task's module because it only touches
 `checkpoint["state_dict"]`; the result is the first file's checkpoint dict (hyper-parameters,
 vocabulary / tokenizer, compression spec, ...) with that state dict replaced, plus an
 `averaged_from` record, so it reloads with the module's `load_from_checkpoint` alone.
@@ -11,12 +11,13 @@ Floating-point tensors are averaged (in float64, cast back to their dtype); inte
 buffers must be equal in every file and are copied. The files must describe the same model:
 
 * the same state-dict keys and tensor shapes;
-* the same top-level entries in `SAME_ENTRIES` (compression spec: which heads / neurons were
-  kept; NMT SentencePiece vocabulary; tagger tokenizer);
+* the same task, compression spec (which heads / neurons were kept) and the task's
+  `same_entries` (`core.tasks.Task`: e.g. a SentencePiece vocabulary, a tokenizer);
 * the same `hyper_parameters`, compared key by key at any depth (e.g. `data_spec.labels`,
   `arch.num_heads`; a missing key equals None), except keys that do not shape the weights:
-  names in `TRAINING_ONLY` (optimiser, KD, decoding, data-path and input-windowing settings, and
-  switches whose effect the state-dict keys already show),
+  the task's `training_only_hparams` (optimiser, KD, decoding, data-path and input-windowing settings,
+  and switches whose effect the state-dict keys already show; a checkpoint recording no task compares
+  them all),
   any name containing "dropout" and LightningCLI's `_`-prefixed bookkeeping.
 
 Files are loaded with `weights_only=False` (Lightning stores hyper-parameters as Python
@@ -33,21 +34,13 @@ from typing import Any
 
 import torch
 
-SAME_ENTRIES = ("compression", "vocab", "tokenizer_json")
-TRAINING_ONLY = frozenset({
-    "lr", "weight_decay", "optimizer", "betas", "label_smoothing", "l0_lambda", "gate_lr", "crf_lr_scale",  # optim.
-    "embedding_lr_scale",
-    "teacher", "kd_alpha", "kd_temperature", "kd_cache", "kd_hidden_weight", "init_from", "checkpoint_dir",  # KD
-    "val_beam_size", "test_beam_size", "length_penalty", "max_len_a", "max_len_b", "num_samples",  # decoding
-    "constrained_decoding",
-    "crf",  # a tagger's CRF shows in the state-dict keys (crf.*), which must match anyway
-    "tokenizer", "schemes",  # data_spec: tokenizer path (its content is `tokenizer_json`), source tag schemes
-    "context_tokens", "max_length",  # input windowing: the soup tags with the first file's setting
-})
+from core.tasks import TASK_KEY, get_task
+
+SAME_ENTRIES = ("compression", TASK_KEY)
 
 
-def architecture_hparams(hparams: Any, prefix: str = "") -> dict[str, Any]:
-    """`hparams` flattened to {"a.b": value}, without the training-only keys (see module docstring)."""
+def architecture_hparams(hparams: Any, training_only: frozenset[str] = frozenset(), prefix: str = "") -> dict[str, Any]:
+    """`hparams` flattened to {"a.b": value}, without the `training_only` keys (see module docstring)."""
     if dataclasses.is_dataclass(hparams) and not isinstance(hparams, type):
         hparams = dataclasses.asdict(hparams)
     if not isinstance(hparams, Mapping):
@@ -55,9 +48,9 @@ def architecture_hparams(hparams: Any, prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in hparams.items():
         # "_class_path" / "_instantiator": LightningCLI bookkeeping, present or not by how a run started
-        if str(key) in TRAINING_ONLY or "dropout" in str(key) or str(key).startswith("_"):
+        if str(key) in training_only or "dropout" in str(key) or str(key).startswith("_"):
             continue
-        flat.update(architecture_hparams(value, f"{prefix}{key}."))
+        flat.update(architecture_hparams(value, training_only, f"{prefix}{key}."))
     return flat
 
 
@@ -91,11 +84,14 @@ def check_compatible(ref: dict, ref_path: str | Path, ckpt: dict, path: str | Pa
         shape_a, shape_b = tuple(getattr(tensor, "shape", ())), tuple(getattr(b[key], "shape", ()))
         if shape_a != shape_b:
             raise ValueError(f"{path}: tensor {key!r} has shape {shape_b}, but {shape_a} in {ref_path}")
-    differ = [name for name in SAME_ENTRIES if ref.get(name) != ckpt.get(name)]
+    task = get_task(ref[TASK_KEY]) if ref.get(TASK_KEY) else None
+    entries = SAME_ENTRIES + (task.same_entries if task else ())
+    differ = [name for name in entries if ref.get(name) != ckpt.get(name)]
     if differ:
         raise ValueError(f"{path}: checkpoint entries {differ} differ from {ref_path} (not the same model)")
-    hp_a = architecture_hparams(ref.get("hyper_parameters") or {})
-    hp_b = architecture_hparams(ckpt.get("hyper_parameters") or {})
+    training_only = task.training_only_hparams if task else frozenset()
+    hp_a = architecture_hparams(ref.get("hyper_parameters") or {}, training_only)
+    hp_b = architecture_hparams(ckpt.get("hyper_parameters") or {}, training_only)
     # a key absent from one file equals None (the default) in the other, e.g. hparams added later
     diff = [f"{k}: {hp_a.get(k)!r} vs {hp_b.get(k)!r}"
             for k in sorted(set(hp_a) | set(hp_b)) if hp_a.get(k) != hp_b.get(k)]

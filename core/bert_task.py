@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from tokenizers import Tokenizer
 from torch import nn
 
@@ -36,3 +37,11 @@ class BertTask:
     def restore_tokenizer(self, checkpoint: dict) -> None:
         """Use the tokenizer stored in `checkpoint`."""
         self._tokenizer = Tokenizer.from_str(checkpoint["tokenizer_json"])
+
+
+def random_bert_inputs(vocab_size: int, batch_size: int, seq_len: int, seed: int) -> tuple:
+    """Seeded (ids, all-ones mask) of a BERT encoder for timing and export; ids above 1000 (past the special
+    and unused tokens) in a real vocabulary."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000 if vocab_size > 2000 else 1, vocab_size, (batch_size, seq_len), generator=gen)
+    return ids, torch.ones_like(ids)

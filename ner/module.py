@@ -33,6 +33,7 @@ from core.batching import LengthBatchSampler
 from core.bert import BertConfig, BertModel
 from core.bert_task import BertTask
 from core.hf_import import check_vocab_size, default_checkpoint_dir, load_bert
+from core.tasks import TASK_KEY
 from ner.align import CASING, IGNORE, SentenceEncoder, document_context
 from ner.conll import read_conll, to_iob2
 from ner.crf import CRF, iob2_start_penalty, iob2_transition_penalty, pack_words, unpack_words, viterbi
@@ -100,6 +101,8 @@ class TaggerModule(BertTask, CompressionHooks, LightningModule):
     (`compression.logit_cache`, keyed by the teacher file's SHA-256 and the example's content):
     the teacher runs only for examples not seen before, in this run or an earlier one.
     """
+
+    task_name = "ner"  # recorded in every checkpoint (`core.tasks`)
 
     def __init__(
         self, checkpoint_dir: str | None = None, bert_config: dict | None = None, casing: bool = False,
@@ -171,6 +174,7 @@ class TaggerModule(BertTask, CompressionHooks, LightningModule):
                        f"alpha {self.hparams.kd_alpha}, T {self.hparams.kd_temperature}")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[TASK_KEY] = self.task_name
         self.save_tokenizer(checkpoint)
         self.save_compression(checkpoint)
         save_kd(checkpoint)

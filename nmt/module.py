@@ -21,6 +21,7 @@ from compression.student import (
     prepare_teacher,
     save_kd,
 )
+from core.tasks import TASK_KEY
 from nmt.loss import label_smoothed_ce
 from nmt.model import Seq2SeqConfig, Seq2SeqTransformer, count_parameters
 from nmt.search import beam_search, greedy_search
@@ -74,6 +75,8 @@ class TranslationModule(CompressionHooks, L.LightningModule):
 
     Compressed networks reload from their checkpoint alone (`compression.spec`).
     """
+
+    task_name = "nmt"  # recorded in every checkpoint (`core.tasks`)
 
     def __init__(
         self, arch: Seq2SeqConfig = Seq2SeqConfig(), optimizer: str = "adam", lr: float = 5e-4,
@@ -217,6 +220,7 @@ class TranslationModule(CompressionHooks, L.LightningModule):
         return OPTIMIZERS[self.hparams.optimizer](groups, lr=self.hparams.lr, betas=self.hparams.betas)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[TASK_KEY] = self.task_name
         self.save_compression(checkpoint)
         save_kd(checkpoint)
         if self.vocab is not None:

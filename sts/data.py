@@ -2,7 +2,7 @@
 
 STS files are CSV `sentence1,sentence2,score` without a header, score in [0, 5] (STS-B and
 its translations). Unlabelled sentences come from any mix of: one-sentence-a-line text files,
-CoNLL files (first column of each token line joined by spaces, `-DOCSTART-` skipped) and STS
+CoNLL files (`read_token_lines`) and STS
 CSVs (both sentences of every row). A malformed line is one ValueError naming file and line.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import random
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -19,7 +20,6 @@ from torch.utils.data import DataLoader
 
 from core.batching import LengthBatchSampler, ResumableDataModule
 from core.hf_import import default_checkpoint_dir, load_tokenizer
-from ner.conll import read_conll
 
 SCORE_RANGE = (0.0, 5.0)
 
@@ -63,6 +63,20 @@ def _is_conll(path: Path) -> bool:
     return first.startswith("-DOCSTART-") or len(first.split()) == 4 and first.split()[-1][:2] in ("O", "B-", "I-")
 
 
+def read_token_lines(path: Path) -> list[str]:
+    """Sentences of a token-per-line (CoNLL) file: the first column of each line joined by spaces, a blank
+    line or `-DOCSTART-` ending a sentence. Tags are not read: this is unlabelled text."""
+    sentences, words = [], []
+    for line in path.read_text(encoding="utf-8").splitlines() + [""]:
+        first = line.split(maxsplit=1)[0] if line.strip() else ""
+        if first and first != "-DOCSTART-":
+            words.append(first)
+        elif words:
+            sentences.append(" ".join(words))
+            words = []
+    return sentences
+
+
 def read_sentences(path: str | Path) -> list[str]:
     """Unlabelled sentences of a text file (one a line), a CoNLL file or an STS CSV (by content / suffix)."""
     path = Path(path)
@@ -71,7 +85,7 @@ def read_sentences(path: str | Path) -> list[str]:
     if path.suffix == ".csv":
         sentences = [s for pair in read_sts(path) for s in (pair.sentence1, pair.sentence2)]
     elif _is_conll(path):
-        sentences = [" ".join(s.tokens) for s in read_conll(path)]
+        sentences = read_token_lines(path)
     else:
         sentences = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     sentences = [s for s in sentences if s]
@@ -168,8 +182,12 @@ class SentenceDataModule(ResumableDataModule):
 
     def sts_loader(self, pairs: list[STSPair]) -> DataLoader:
         """Batches {"a": ids/mask of sentence1, "b": of sentence2, "score"} in file order."""
-        def collate(rows: list[STSPair]) -> dict:
-            return {"a": tokenize(self.tokenizer, [r.sentence1 for r in rows], self.hparams.max_length),
-                    "b": tokenize(self.tokenizer, [r.sentence2 for r in rows], self.hparams.max_length),
-                    "score": torch.tensor([r.score for r in rows])}
-        return DataLoader(pairs, batch_size=self.hparams.eval_batch_size, collate_fn=collate)
+        return DataLoader(pairs, batch_size=self.hparams.eval_batch_size,
+                          collate_fn=partial(collate_pairs, self.tokenizer, max_length=self.hparams.max_length))
+
+
+def collate_pairs(tokenizer: Tokenizer, rows: list[STSPair], max_length: int) -> dict:
+    """One STS batch: {"a": ids/mask of the first sentences, "b": of the second, "score"}."""
+    return {"a": tokenize(tokenizer, [r.sentence1 for r in rows], max_length),
+            "b": tokenize(tokenizer, [r.sentence2 for r in rows], max_length),
+            "score": torch.tensor([r.score for r in rows])}

@@ -38,6 +38,7 @@ from compression.student import attach_teacher, get_teacher, keep_bert_layers, p
 from core.bert import BertConfig, BertModel
 from core.bert_task import BertTask
 from core.hf_import import check_vocab_size, default_checkpoint_dir, load_bert
+from core.tasks import TASK_KEY
 from sts.data import tokenize
 
 POOLINGS = ("mean", "cls")
@@ -81,6 +82,8 @@ class SentenceEncoderModule(BertTask, CompressionHooks, LightningModule):
     `keep_layers` (e.g. [0, 2, 4]) keeps only those encoder layers (DistilBERT-style layer
     dropping) at construction. `init_from` starts from a checkpoint's weights and shape.
     """
+
+    task_name = "sts"  # recorded in every checkpoint (`core.tasks`)
 
     def __init__(
         self, checkpoint_dir: str | None = None, bert_config: dict | None = None, pooling: str = "mean",
@@ -134,6 +137,7 @@ class SentenceEncoderModule(BertTask, CompressionHooks, LightningModule):
         check_same_tokenizer(self.teacher, self)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[TASK_KEY] = self.task_name
         self.save_tokenizer(checkpoint)
         self.save_compression(checkpoint)
         save_kd(checkpoint)
@@ -251,6 +255,12 @@ def check_same_tokenizer(teacher: SentenceEncoderModule | None, student: Sentenc
     if teacher is not None and teacher.tokenizer.get_vocab() != student.tokenizer.get_vocab():
         raise ValueError("teacher and student use different tokenizer vocabularies: embedding distillation "
                          "needs both to read the same sub-tokens (use the teacher's tokenizer for the student)")
+
+
+def sts_regression_loss(module: SentenceEncoderModule, batch: dict) -> Tensor:
+    """MSE between cosine(u, v) and score / 5: the supervised signal used to score heads and neurons."""
+    cosine = F.cosine_similarity(module.embed(**batch["a"]), module.embed(**batch["b"]), dim=-1)
+    return F.mse_loss(cosine, batch["score"] / 5.0)
 
 
 def evaluate_sts(model: SentenceEncoderModule, pairs: list, batch_size: int = 128) -> float:

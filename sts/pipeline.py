@@ -29,30 +29,28 @@ from pathlib import Path
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from compression.ffn import feed_forwards, ffn_taylor_importance, prune_ffns
 from compression.importance import taylor_importance
+from compression.measure import flops_per_token, latency, parameter_counts
 from compression.prune import head_config, prune_model
 from compression.ranking import keep_per_layer, layers_to_drop
-from compression.report import flops_per_token, parameter_counts
 from compression.student import attach_teacher
 from core.bert import BertConfig
 from core.hf_import import default_checkpoint_dir
 from core.schedules import TriangleSchedule
 from core.training import git_commit, save_module_checkpoint
 from sts.data import SentenceDataModule, read_sts
-from sts.module import SentenceEncoderModule, evaluate_sts, reinitialise
-from sts.timing import equal_speed_comparison, equal_speed_lines, sentence_batches, side_by_side_latency
+from sts.module import SentenceEncoderModule, evaluate_sts, reinitialise, sts_regression_loss
+from sts.timing import equal_speed_comparison, equal_speed_lines, sentence_batches
 
 NOTES = (
     "Teacher = the unpruned encoder (its en Spearman is the 100 % reference). Pruned: {heads:.1%} of the heads "
     "and {ffn:.1%} of the FFN neurons removed by Taylor importance (global ranking{steps}). Students are distilled on "
     "{n:,} unlabelled sentences for {epochs} epoch(s) (MSE + cosine to cached teacher embeddings). Spearman x 100 "
     "of cosine vs gold on STS-B dev; FLOPs per token at batch 16 (real sentences, padding included); latency = "
-    "median of {repeats} CPU forwards, models alternating in one process, so speed-ups are ratios. "
-    "Issue 6 target: >= 99.5 % of the teacher's en Spearman and >= 1.4x faster at batch 16."
+    "median of {repeats} CPU forwards, models alternating in one process, so speed-ups are ratios."
 )
 
 
@@ -108,12 +106,6 @@ def check_config(cfg: PipelineConfig) -> None:
     if cfg.prune_steps < 1 or cfg.epochs % cfg.prune_steps:
         raise ValueError(f"prune_steps must be >= 1 and divide epochs ({cfg.epochs}), got {cfg.prune_steps}: "
                          "every pruning round is followed by the same number of distillation epochs")
-
-
-def sts_regression_loss(module: SentenceEncoderModule, batch: dict) -> torch.Tensor:
-    """MSE between cosine(u, v) and score / 5: the supervised signal used to score heads and neurons."""
-    cosine = F.cosine_similarity(module.embed(**batch["a"]), module.embed(**batch["b"]), dim=-1)
-    return F.mse_loss(cosine, batch["score"] / 5.0)
 
 
 def scoring_batches(datamodule: SentenceDataModule, cfg: PipelineConfig) -> list[dict]:
@@ -209,7 +201,7 @@ def markdown_table(report: dict) -> str:
     langs = report.get("languages", [])
     sizes = report.get("latency_batch_sizes", [])
     head = (["model"] + [f"STS {lang}" for lang in langs] + ["% of teacher (en)", "params", "MFLOPs/token"]
-            + [f"ms @ b{b}" for b in sizes] + ["speed-up b16"])
+            + [f"ms @ b{b}" for b in sizes] + [f"speed-up b{b}" for b in sizes])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in report.get("rows", []):
         cells = [row["name"]] + [f"{row.get(f'spearman_{lang}', float('nan')):.2f}" for lang in langs]
@@ -217,7 +209,7 @@ def markdown_table(report: dict) -> str:
                   f"{row.get('flops', 0) / 1e6:.2f}"]
         cells += [f"{row.get('latency_ms', {}).get(str(b), row.get('latency_ms', {}).get(b, float('nan'))):.1f}"
                   for b in sizes]
-        cells.append(f"{row.get('speedup_b16', float('nan')):.2f}×")
+        cells += [f"{row['speedup'][str(b)]:.2f}×" if str(b) in row.get("speedup", {}) else "–" for b in sizes]
         lines.append("| " + " | ".join(cells) + " |")
     notes = report.get("notes", "")
     lines_equal = equal_speed_lines(report.get("rows", []), sizes)
@@ -319,17 +311,19 @@ def _as_scores(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def _measure(report: dict, models: dict[str, SentenceEncoderModule], inputs: dict[int, dict], repeats: int) -> None:
-    latency = side_by_side_latency(models, inputs, repeats)
+    timed = latency(models, inputs, repeats)
+    report["latency_threads"] = timed.threads
     flops_batch = inputs[16] if 16 in inputs else next(iter(inputs.values()))
+    report["flops_batch_size"] = 16 if 16 in inputs else next(iter(inputs))
     teacher_en = report["rows"][0].get("spearman_en")
     for row in report["rows"]:
         model = models[row["name"]]
         counts = parameter_counts(model.bert)
         row["params"], row["params_non_embedding"] = counts["total"], counts["non_embedding"]
         row["flops"] = flops_per_token(model, flops_batch)
-        row["latency_ms"] = {str(b): ms for b, ms in latency[row["name"]].items()}
-        base = latency["teacher"]
-        b16 = 16 if 16 in base else next(iter(base))
-        row["speedup_b16"] = base[b16] / latency[row["name"]][b16]
+        row["latency_ms"] = {str(b): ms for b, ms in timed.ms[row["name"]].items()}
+        row["speedup"] = {str(b): timed.speedup(row["name"], "teacher", b) for b in timed.batch_sizes}
+        if 16 in timed.batch_sizes:
+            row["speedup_b16"] = row["speedup"]["16"]
         if teacher_en and "spearman_en" in row:
             row["quality_vs_teacher"] = 100 * row["spearman_en"] / teacher_en

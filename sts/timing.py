@@ -1,41 +1,18 @@
-"""Timing sentence encoders side by side, and the pruned model vs layer dropping at equal speed (used by
+"""Timing inputs for sentence encoders, and the pruned model vs layer dropping at equal speed (used by
 `sts.pipeline` and `benchmarks/sts_latency.py`).
 
-Speed-ups are ratios of medians measured in one process with the models alternating inside every
-repeat, so machine noise hits every model alike. `equal_speed_comparison` reads a report's rows
-(`latency_ms` per batch size, `quality_vs_teacher`, `kept_layers` for layer-dropped baselines).
+Latency itself is `compression.measure.latency` (models side by side, medians). `equal_speed_comparison`
+reads a report's rows (`latency_ms` per batch size, `quality_vs_teacher`, `kept_layers` for layer-dropped
+baselines).
 """
 
 from __future__ import annotations
 
-import statistics
-import time
 from itertools import pairwise
 
-import torch
 from tokenizers import Tokenizer
-from torch import nn
 
 from sts.data import tokenize
-
-
-def side_by_side_latency(models: dict[str, nn.Module], inputs: dict[int, dict], repeats: int,
-                         warmup: int = 2) -> dict[str, dict[int, float]]:
-    """Median forward milliseconds per model and batch size; models alternate inside every repeat."""
-    times: dict[str, dict[int, list[float]]] = {n: {b: [] for b in inputs} for n in models}
-    for module in models.values():
-        module.eval()
-    with torch.inference_mode():
-        for b, batch in inputs.items():
-            for i in range(warmup + repeats):
-                names = list(models)
-                names = names[i % len(names):] + names[: i % len(names)]  # rotate: no model always goes first
-                for n in names:
-                    start = time.perf_counter()
-                    models[n](**batch)
-                    if i >= warmup:
-                        times[n][b].append((time.perf_counter() - start) * 1000)
-    return {n: {b: statistics.median(v) for b, v in per.items()} for n, per in times.items()}
 
 
 def sentence_batches(tokenizer: Tokenizer, sentences: list[str], batch_sizes: list[int],

@@ -20,7 +20,7 @@ from compression.factorize import (
     select_rank,
     token_frequency_weights,
 )
-from compression.report import parameter_counts, size_report
+from compression.measure import parameter_counts, size_report
 from compression.sharing import SharedLayerStack, share_layers
 from core.bert import BertConfig, BertModel
 from nmt.model import Seq2SeqConfig, Seq2SeqTransformer

@@ -15,9 +15,9 @@ from PIL import Image
 from compression.gates import attached_gates
 from compression.heads import attention_modules
 from compression.prune import apply_head_config, head_config, prune_model
-from compression.pruning_pipeline import load_module
 from compression.scratch import scratch_init, write_scratch_init
 from core.schedules import TriangleSchedule
+from core.tasks import load_task_module
 from ner.module import TaggerModule
 from nmt.module import TranslationModule
 
@@ -98,7 +98,7 @@ def test_scratch_init_has_pruned_layout_and_fresh_dense_weights(tmp_path: Path) 
     save_like_lightning(trained, pruned_ckpt)
     heads = write_scratch_init(pruned_ckpt, tmp_path / "init.ckpt", seed=7)
     assert heads == {k: [len(layer) for layer in v] for k, v in PLAN.items()}
-    _, fresh = load_module(tmp_path / "init.ckpt")  # reloads from the file alone
+    _, fresh = load_task_module(tmp_path / "init.ckpt")  # reloads from the file alone
     assert head_config(fresh.model) == head_config(trained.model)
     expected = nmt_module(seed=7)  # a dense model initialised from the same seed, cut to the same heads
     apply_head_config(expected.model, head_config(trained.model))

@@ -68,8 +68,8 @@ def test_nmt_pruning_reloads_with_requested_heads_and_equals_masking(
     out = tmp_path / "pruned.ckpt"
     d = multi30k_slice
     report = prune_main(["--ckpt", str(trained_nmt), "--method", method, "--prune", target, "--output", str(out),
-                         "--src", str(d / "train.en"), "--ref", str(d / "train.de"), "--score_sentences", "16",
-                         "--eval_src", str(d / "test_2016_flickr.en"), "--eval_ref", str(d / "test_2016_flickr.de"),
+                         "--score_data", str(d / "train.en"), str(d / "train.de"), "--score_sentences", "16",
+                         "--eval_data", str(d / "test_2016_flickr.en"), str(d / "test_2016_flickr.de"),
                          "--beam_size", "1", *FAST])
     pruned = TranslationModule.load_from_checkpoint(out, map_location="cpu", weights_only=False).eval()
     counts = {k: sum(a.num_heads for a in attns) for k, attns in attention_modules(pruned.model).items()}
@@ -140,8 +140,9 @@ def test_ner_taylor_pruning_with_f1(tmp_path):
     conll = tmp_path / "dev.txt"
     conll.write_text("Peter B-PER\nBlackburn I-PER\nvisits O\nParis B-LOC\n\nEU O\nrejects O\nlamb O\n\n")
     out = tmp_path / "ner_pruned.ckpt"
-    report = prune_main(["--ckpt", str(path), "--method", "taylor", "--prune", "bert_self=3", "--conll", str(conll),
-                         "--eval_conll", str(conll), "--output", str(out), *FAST])
+    report = prune_main(["--ckpt", str(path), "--method", "taylor", "--prune", "bert_self=3",
+                         "--score_data", str(conll),
+                         "--eval_data", str(conll), "--output", str(out), *FAST])
     pruned = TaggerModule.load_from_checkpoint(out, map_location="cpu", weights_only=False).eval()
     assert sum(a.num_heads for a in attention_modules(pruned.bert)["bert_self"]) == 5
     assert report["task"] == "ner" and 0.0 <= report["quality"]["after"]["f1"] <= 1.0
@@ -158,8 +159,8 @@ def test_ner_taylor_pruning_with_f1(tmp_path):
     (["--method", "random", "--prune", "encoder_self=9"], "cannot prune 9 heads, the model has only 8"),
     (["--method", "random", "--prune", "encoder_sef=1"], "unknown attention type"),
     (["--method", "random", "--prune", "bert_self=1"], "model has no attention of type"),
-    (["--method", "taylor", "--prune", "0.5"], "scoring data missing: taylor scoring needs --src"),
-    (["--method", "taylor", "--prune", "0.5", "--src", "nope.en", "--ref", "nope.de"], "does not exist"),
+    (["--method", "taylor", "--prune", "0.5"], "taylor scoring of a 'nmt' checkpoint needs 2 file"),
+    (["--method", "taylor", "--prune", "0.5", "--score_data", "nope.en", "nope.de"], "does not exist"),
     (["--method", "random", "--gate_threshold", "0.5"], "only applies to --method gates"),
 ])
 def test_bad_input_is_one_clear_error(tmp_path, args, message):
@@ -202,7 +203,7 @@ def test_finetune_epochs_trains_the_pruned_checkpoint_and_reports_its_bleu(train
     extra = " ".join(tiny_nmt_args(multi30k_slice, tmp_path / "ft")[2:]) + " --trainer.max_steps 2"
     test_src, test_ref = multi30k_slice / "test_2016_flickr.en", multi30k_slice / "test_2016_flickr.de"
     report = prune_main(["--ckpt", str(trained_nmt), "--method", "random", "--prune", "encoder_self=0.5",
-                         "--output", str(out), "--eval_src", str(test_src), "--eval_ref", str(test_ref),
+                         "--output", str(out), "--eval_data", str(test_src), str(test_ref),
                          "--beam_size", "1", "--finetune_epochs", "1", "--finetune_config",
                          str(REPO / "tests/fixtures/nmt_tiny.yaml"), "--finetune_args", extra, *FAST])
     tuned = TranslationModule.load_from_checkpoint(report["finetuned_checkpoint"], map_location="cpu",
@@ -216,3 +217,42 @@ def test_finetune_without_config_fails_before_pruning(tmp_path):
     with pytest.raises(ValueError, match="--finetune_config"):
         prune_main(["--ckpt", str(tmp_path / "x.ckpt"), "--method", "random", "--prune", "1",
                     "--output", str(tmp_path / "o.ckpt"), "--finetune_epochs", "1"])
+
+
+def test_sentence_encoder_taylor_pruning_with_spearman(tmp_path, tokenizer_file):
+    # The third task through the same command: STS pairs score the heads, Spearman before/after.
+    from core.hf_import import load_tokenizer
+    from sts.module import SentenceEncoderModule
+
+    torch.manual_seed(0)
+    config = {**BERT, "vocab_size": load_tokenizer(tokenizer_file).get_vocab_size()}
+    encoder = SentenceEncoderModule(bert_config=config, data_spec={"tokenizer": str(tokenizer_file), "max_length": 16})
+    path = save(encoder, tmp_path / "sts.ckpt")
+    words = "EU rejects German call to boycott British lamb".split()
+    rows = [f"{' '.join(words[i:i + 3])},{' '.join(words[i + 1:i + 5])},{i % 5}.0" for i in range(5)]
+    csv = tmp_path / "sts.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "sts_pruned.ckpt"
+    report = prune_main(["--ckpt", str(path), "--method", "taylor", "--prune", "0.5", "--score_data", str(csv),
+                         "--eval_data", str(csv), "--output", str(out), *FAST])
+    assert report["task"] == "sts" and -100 <= report["quality"]["after"]["spearman"] <= 100
+    pruned = SentenceEncoderModule.load_from_checkpoint(out, map_location="cpu", weights_only=False).eval()
+    assert sum(a.num_heads for a in attention_modules(pruned.bert)["bert_self"]) == 4
+    masked_like(encoder.bert, pruned.bert)
+    ids = torch.randint(5, 40, (2, 7), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(ids, torch.ones_like(ids)), encoder.eval()(ids, torch.ones_like(ids)),
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_checkpoint_without_task_needs_task_flag(tmp_path):
+    # Files written before tasks were recorded: one clear error, and --task opens them.
+    torch.manual_seed(0)
+    path = tmp_path / "old.ckpt"
+    ckpt = save_like_lightning(TranslationModule(arch=ARCH, data_spec=DATA_SPEC), path)
+    del ckpt["task"]
+    torch.save(ckpt, path)
+    args = ["--ckpt", str(path), "--output", str(tmp_path / "out.ckpt"), "--method", "random", "--prune", "2", *FAST]
+    with pytest.raises(ValueError, match="records no task.*--task nmt"):
+        prune_main(args)
+    assert prune_main([*args, "--task", "nmt"])["task"] == "nmt"
