@@ -12,8 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import LearningRateMonitor
+import torch
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_info
 
 from core.training import AtomicCheckpointIO, LastBatchSafeCheckpoint, RNGStateCallback, write_run_record
 
@@ -42,12 +44,39 @@ class LabCLI(LightningCLI):
         parser.add_lightning_class_args(LastBatchSafeCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0})
 
+    def instantiate_trainer(self, **kwargs):
+        """The configured Trainer, writing checkpoints atomically (`AtomicCheckpointIO`).
+
+        The plugin is added here rather than as a parser default, which jsonargparse cannot serialise
+        into the saved config (it warned on every run)."""
+        configured = self._get(self.config_init, "trainer", default={}).get("plugins") or []
+        configured = configured if isinstance(configured, list) else [configured]
+        return super().instantiate_trainer(**kwargs, plugins=[*configured, AtomicCheckpointIO()])
+
+
+class ParameterSummary(Callback):
+    """Parameters of the module and of each of its top-level children at fit start (rank 0), tied or
+    shared tensors counted once. Replaces Lightning's model summary, whose FLOPs column reads 0 for
+    modules without an `example_input_array` (FLOPs are measured by `compression.measure`)."""
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Log one line per child with parameters, then the total and the trainable count."""
+        def count(module: torch.nn.Module, trainable: bool = False) -> int:
+            params = {id(p): p for p in module.parameters() if p.requires_grad or not trainable}
+            return sum(p.numel() for p in params.values())
+
+        rows = [f"  {name} ({type(child).__name__}): {count(child):,}" for name, child in pl_module.named_children()
+                if count(child)]
+        rank_zero_info(f"[model] {type(pl_module).__name__}: {count(pl_module):,} parameters "
+                       f"({count(pl_module, trainable=True):,} trainable)\n" + "\n".join(rows))
+
 
 def default_callbacks() -> list:
-    """Callbacks every run gets besides the checkpoint: lr logging, RNG state."""
+    """Callbacks every run gets besides the checkpoint: lr logging, RNG state, parameter summary."""
     return [
         LearningRateMonitor(logging_interval="step"),
         RNGStateCallback(),
+        ParameterSummary(),
     ]
 
 
@@ -57,7 +86,7 @@ def main(args: list[str] | None = None) -> LabCLI:
         L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
         run=False, args=args, save_config_callback=RunRecordCallback,
         save_config_kwargs={"overwrite": True},
-        trainer_defaults={"plugins": [AtomicCheckpointIO()], "callbacks": default_callbacks()},
+        trainer_defaults={"callbacks": default_callbacks(), "enable_model_summary": False},
         seed_everything_default=1234,
     )
     # Our own checkpoints hold dataclass hparams and RNG states, so not weights-only.

@@ -166,11 +166,11 @@ class TaggerModule(BertTask, CompressionHooks, LightningModule):
 
     def on_fit_start(self) -> None:
         """Print the exact parameter count; move the teacher to this device, frozen."""
-        self.print(f"[model] student {parameter_line(self)}")
         if self.hparams.get("kd_hidden_weight") and self.teacher is None:  # (a reloaded student has no teacher)
             raise ValueError(f"kd_hidden_weight {self.hparams.kd_hidden_weight} needs a teacher to train")
         if prepare_teacher(self, self.device) is not None:
-            self.print(f"[kd] teacher {self.hparams.teacher}: {parameter_line(self.teacher)}; "
+            self.print(f"[kd] student {parameter_line(self)}; "
+                       f"teacher {self.hparams.teacher}: {parameter_line(self.teacher)}; "
                        f"alpha {self.hparams.kd_alpha}, T {self.hparams.kd_temperature}")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from core.batching import LengthBatchSampler, ResumableDataModule
@@ -119,7 +120,7 @@ class TranslationDataModule(ResumableDataModule):
         if name == "train" and self.limit_train:
             src, tgt = src[: self.limit_train], tgt[: self.limit_train]
         if dropped:
-            print(f"[data] {name}: skipped {dropped} pairs with an empty or blank side")
+            rank_zero_info(f"[data] {name}: skipped {dropped} pairs with an empty or blank side")
         return src, tgt
 
     def data_files(self) -> list[Path]:
@@ -138,8 +139,8 @@ class TranslationDataModule(ResumableDataModule):
             if name == "train":
                 keep = [i for i in range(len(src)) if 0 < len(src_ids[i]) < self.max_len
                         and 0 < len(tgt_ids[i]) < self.max_len]
-                print(f"[data] train: {len(src)} pairs, dropped {len(src) - len(keep)} longer than "
-                      f"max_len={self.max_len} pieces")
+                rank_zero_info(f"[data] train: {len(src)} pairs, dropped {len(src) - len(keep)} longer than "
+                               f"max_len={self.max_len} pieces")
                 src_ids, tgt_ids = [src_ids[i] for i in keep], [tgt_ids[i] for i in keep]
                 src, tgt = [src[i] for i in keep], [tgt[i] for i in keep]
             self.splits[name] = ParallelSplit(name, src_ids, tgt_ids, src, tgt)

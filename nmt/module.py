@@ -23,7 +23,7 @@ from compression.student import (
 )
 from core.tasks import TASK_KEY
 from nmt.loss import label_smoothed_ce
-from nmt.model import Seq2SeqConfig, Seq2SeqTransformer, count_parameters
+from nmt.model import Seq2SeqConfig, Seq2SeqTransformer
 from nmt.search import beam_search, greedy_search
 from nmt.vocab import Vocab
 
@@ -138,10 +138,9 @@ class TranslationModule(CompressionHooks, L.LightningModule):
         self._check_teacher_vocab()
 
     def on_fit_start(self) -> None:
-        self.print(f"[model] {count_parameters(self.model):,} parameters; {asdict(self.cfg)}")
-        self.print(f"[model] student {parameter_line(self.model)}")
         if prepare_teacher(self, self.device) is not None:
-            self.print(f"[kd] teacher {self.hparams.teacher}: {parameter_line(self.teacher.model)}; "
+            self.print(f"[kd] student {parameter_line(self.model)}; "
+                       f"teacher {self.hparams.teacher}: {parameter_line(self.teacher.model)}; "
                        f"alpha {self.hparams.kd_alpha}, T {self.hparams.kd_temperature}")
 
     def training_loss(self, batch: dict) -> tuple[torch.Tensor, int]:

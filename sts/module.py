@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from compression.distill import freeze_teacher, hidden_state_loss
 from compression.spec import CompressionHooks
-from compression.student import attach_teacher, get_teacher, keep_bert_layers, parameter_line, save_kd
+from compression.student import attach_teacher, get_teacher, keep_bert_layers, save_kd
 from core.bert import BertConfig, BertModel
 from core.bert_task import BertTask
 from core.hf_import import check_vocab_size, default_checkpoint_dir, load_bert
@@ -177,7 +177,6 @@ class SentenceEncoderModule(BertTask, CompressionHooks, LightningModule):
 
     def on_fit_start(self) -> None:
         """Print the parameter count; freeze the teacher and cache its embeddings of the training sentences."""
-        self.print(f"[model] student {parameter_line(self)}")
         if self.teacher is None:
             return
         freeze_teacher(self.teacher.to(self.device))
