@@ -1,4 +1,4 @@
-# `make train` trains the default experiment; `make test` runs the test suite.
+# `make train` trains the default experiment; `make test` runs the whole test suite (unit + slow end-to-end).
 # Both create the virtual environment (.venv) first if it is missing.
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -19,7 +19,10 @@ train: venv
 test: venv
 	$(PY) -m pytest -q
 
+test-fast: venv  # unit tests only (no end-to-end training runs)
+	$(PY) -m pytest -q -m "not slow"
+
 lint: venv
 	$(VENV)/bin/ruff check .
 
-.PHONY: venv train test lint
+.PHONY: venv train test test-fast lint

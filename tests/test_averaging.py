@@ -141,6 +141,7 @@ def test_model_mismatch_errors(tokenizer_file: Path, taggers: list[Path], tmp_pa
         average_checkpoints([tmp_path / "h4.ckpt", tmp_path / "h2.ckpt"])
 
 
+@pytest.mark.slow
 def test_command_line_writes_a_reloadable_file_and_errors_in_one_line(
         taggers: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "cli" / "soup.ckpt"

@@ -78,6 +78,7 @@ def quiet_trainer(**kwargs) -> L.Trainer:
                      enable_model_summary=False, **kwargs)
 
 
+@pytest.mark.slow
 @needs_data
 @pytest.mark.parametrize("crf", [False, True], ids=["softmax", "crf"])
 def test_tiny_tagger_overfits_then_reloads_identically(tiny: dict, tmp_path: Path, one_thread, crf: bool) -> None:
@@ -214,6 +215,7 @@ def test_module_errors(tiny_tokenizer: Path) -> None:
         model.setup("fit")
 
 
+@pytest.mark.slow
 @needs_data
 def test_train_py_end_to_end_then_predict(tiny: dict, tmp_path: Path, one_thread) -> None:
     config = {

@@ -22,7 +22,7 @@ from core.training import LastBatchSafeCheckpoint, epochs_done
 from nmt.module import corpus_scores
 from nmt.translate import load_translator, translate_lines
 
-pytestmark = requires_data
+pytestmark = [pytest.mark.slow, requires_data]  # every test here trains through train.py on real data
 
 
 def _weights(ckpt: Path) -> dict:

@@ -58,6 +58,7 @@ def trained_nmt(multi30k_slice: Path, tmp_path_factory: pytest.TempPathFactory) 
     return Path(cli.trainer.checkpoint_callback.dirpath) / "last.ckpt"
 
 
+@pytest.mark.slow
 @requires_data
 @pytest.mark.parametrize("method,target,expected", [
     ("taylor", "encoder_self=3,decoder_cross=0.5", {"encoder_self": 5, "decoder_self": 8, "decoder_cross": 4}),
@@ -171,6 +172,7 @@ def test_bad_input_is_one_clear_error(tmp_path, args, message):
     assert not (tmp_path / "out.ckpt").exists()
 
 
+@pytest.mark.slow
 @requires_data
 def test_gate_fine_tuned_run_pruned_by_gate_ranking(trained_nmt, multi30k_slice, tmp_path):
     # A real gate fine-tuning run (init_from + gate_types + L0 + heatmap), then a count target
@@ -197,6 +199,7 @@ def test_command_line_error_is_one_line(tmp_path, monkeypatch, capsys):
         prune_main()
 
 
+@pytest.mark.slow
 @requires_data
 def test_finetune_epochs_trains_the_pruned_checkpoint_and_reports_its_bleu(trained_nmt, multi30k_slice, tmp_path):
     out = tmp_path / "pruned.ckpt"

@@ -254,6 +254,7 @@ def reverser() -> Seq2SeqTransformer:
     return model.eval()
 
 
+@pytest.mark.slow
 def test_beam_search_on_trained_reverser(reverser: Seq2SeqTransformer) -> None:
     seqs = [[4, 5, 6, 7, 8, 9, 10], [11, 4], [6, 6, 7], [9, 8, 7, 6, 5], [10, 11, 4, 5, 6, 7]]
     src = padded(seqs)

@@ -290,6 +290,7 @@ def test_each_student_is_distilled_from_a_fresh_seed(tokenizer_file: Path, tmp_p
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
+@pytest.mark.slow
 def test_pipeline_end_to_end_on_a_tiny_hf_teacher(tokenizer_file: Path, tmp_path: Path) -> None:
     """score -> prune -> distil -> report on a tiny HF-format folder: the rows asked for, a student that
     reloads alone with the pruned shape, JSON and markdown written."""
@@ -319,6 +320,7 @@ def test_pipeline_end_to_end_on_a_tiny_hf_teacher(tokenizer_file: Path, tmp_path
     assert heads == report["rows"][2]["heads_per_layer"] and sum(heads) == 4
 
 
+@pytest.mark.slow
 @requires_data
 def test_real_sts_dev_slice_evaluates_with_minilm() -> None:
     pairs = read_sts(DATA / "stsb/stsb-en-dev.csv")[:64]
