@@ -25,6 +25,7 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ner_compression import load_for_scoring  # noqa: E402
+from typing_extensions import override
 
 from compression.factorize import token_counts  # noqa: E402
 from core.training import git_commit  # noqa: E402
@@ -42,6 +43,7 @@ class RowsFromTeacher(nn.Module):
         self.student, self.teacher_rows, self.swap = student, teacher_rows, swap
         self.num_embeddings = student.num_embeddings  # the vocabulary check reads it
 
+    @override
     def forward(self, ids: Tensor) -> Tensor:
         out = self.student(ids)
         return torch.where(self.swap[ids].unsqueeze(-1), self.teacher_rows[ids], out)

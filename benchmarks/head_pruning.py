@@ -66,6 +66,7 @@ FINETUNE_KEYS = ("bleu_finetuned", "bleu_lost_finetuned", "finetune_epochs", "fi
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line of this benchmark."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     p.add_argument("--teacher", default=str(TEACHER), help="converged TranslationModule checkpoint")
@@ -156,6 +157,7 @@ class Bench:
         print(f"[{stage}] saved {self.results}", flush=True)
 
     def png(self, name: str) -> Path:
+        """Path of a plot in the results folder."""
         return (self.work if self.args.smoke else self.results.parent) / name
 
     def train(self, name: str, configs: list[str], init_from: Path, epochs: int, extra: tuple[str, ...] = ()) -> Path:
@@ -189,17 +191,20 @@ def final_checkpoint(run: Path) -> Path:
 
 
 def heads_kept(network: torch.nn.Module) -> dict[str, int]:
+    """Heads left per attention type (short names), summed over layers."""
     from compression.heads import attention_modules
     return {SHORT[k]: sum(a.num_heads for a in attns) for k, attns in attention_modules(network).items()}
 
 
 def nmt_bleu(module, bench: Bench, beam: int) -> float:
+    """test2016 sacreBLEU of a translation module at beam `beam`."""
     from nmt.translate import evaluate_file
     with torch.no_grad():
         return float(evaluate_file(module, bench.test_src, bench.test_ref, beam)["bleu"])
 
 
 def ner_f1(module, conll: Path) -> float:
+    """Word-level entity F1 of a tagger on a CoNLL file."""
     return get_task("ner").quality(module, [conll], EvalOptions())["f1"]
 
 
@@ -223,6 +228,7 @@ def curve(module, scores_fn, evaluate, fractions: list[float], seeds: int) -> li
 
 
 def stage_curve_nmt(bench: Bench) -> None:
+    """One-shot Taylor vs random head pruning of the NMT teacher: test2016 BLEU at each fraction removed."""
     a = bench.args
     _, teacher = load_task_module(a.teacher, "nmt")
     batches = get_task("nmt").scoring_batches(teacher, [bench.train_src, bench.train_ref], a.score_sentences, 32)
@@ -237,12 +243,14 @@ def stage_curve_nmt(bench: Bench) -> None:
 
 
 def size_row(report: dict) -> dict:
+    """Params, FLOPs per token and latency of the pruned model of a `prune_checkpoint` report."""
     after = report["size"]["after"]
     return {"params": after["params"]["total"], "flops": after["flops_per_token"],
             "latency_ms": after["latency_ms"]}
 
 
 def stage_gates(bench: Bench) -> None:
+    """Fine-tune L0 gates from the teacher per lambda, prune the closed heads, record BLEU and size per row."""
     a = bench.args
     _, teacher = load_task_module(a.teacher, "nmt")
     section = bench.state.get("gates", {})
@@ -312,6 +320,7 @@ def finetune_gate_rows(bench: Bench, section: dict) -> None:
 
 
 def stage_scratch(bench: Bench) -> None:
+    """Train the head layout of each gate row from scratch for the same budget (Voita et al.'s baseline)."""
     a = bench.args
     rows = bench.state.get("gates", {}).get("rows", [])
     if not rows:
@@ -357,6 +366,7 @@ def time_models(models: dict[str, torch.nn.Module], batches: list[dict], rounds:
 
 
 def stage_latency(bench: Bench) -> None:
+    """Teacher-forced forward latency of every pruned model against the teacher, side by side, with FLOPs."""
     a = bench.args
     _, teacher = load_task_module(a.teacher, "nmt")
     models = {"teacher": teacher}
@@ -395,6 +405,7 @@ def stage_latency(bench: Bench) -> None:
 
 
 def stage_curve_ner(bench: Bench) -> None:
+    """One-shot Taylor vs random head pruning of the tagger: test F1 at each fraction of heads removed."""
     a = bench.args
     if not a.ner_ckpt:
         raise SystemExit("curve_ner needs --ner_ckpt (a trained TaggerModule checkpoint)")
@@ -418,6 +429,7 @@ def stage_curve_ner(bench: Bench) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run the requested stages in order; each saves its section of the results as it goes."""
     args = parse_args(argv)
     bench = Bench(args)
     for stage in args.stages:

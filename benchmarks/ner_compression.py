@@ -267,6 +267,7 @@ def markdown(results: dict) -> str:
 
 
 def parse_args() -> argparse.Namespace:
+    """The command line of this benchmark."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", type=Path, required=True, help="fine-tuned TaggerModule checkpoint")
     p.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))

@@ -38,6 +38,8 @@ from lightning.pytorch.callbacks import Callback
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from typing_extensions import override
+
 from core.averaging import average_checkpoints  # noqa: E402
 from core.hf_import import default_checkpoint_dir, load_bert, load_tokenizer  # noqa: E402
 from core.schedules import TriangleSchedule  # noqa: E402
@@ -76,9 +78,11 @@ class StepTimer(Callback):
     def __init__(self) -> None:
         self.seconds, self.examples, self._start = 0.0, 0, 0.0
 
+    @override
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._start = time.perf_counter()
 
+    @override
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.seconds += time.perf_counter() - self._start
         self.examples += int(batch["input_ids"].shape[0])
@@ -158,6 +162,7 @@ def evaluate(model: TaggerModule, dm: CoNLLDataModule, args: argparse.Namespace)
 
 
 def relative(path: Path) -> str:
+    """`path` relative to the repository when inside it (portable result files)."""
     return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
 
 

@@ -44,6 +44,7 @@ def score(module: TaggerModule, conll: Path) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line of this benchmark."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+", help="TaggerModule checkpoints of the same model")
     p.add_argument("--weights", nargs="*", default=[], help="comma-separated weight sets (uniform is always run)")
@@ -54,6 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Average the tagger checkpoints (uniform and, with --greedy, the greedy soup) and score them."""
     args = parse_args(argv)
     conll = resolve_data_dir(args.data_dir, "conll2003")
     splits = {"dev": conll / "eng.testa", "test": conll / "eng.testb"}

@@ -105,6 +105,7 @@ def decode_speedup(module: TranslationModule, teacher: TranslationModule, src: l
 
 
 def parse_args() -> argparse.Namespace:
+    """The command line of this benchmark."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", type=Path, default=DEFAULT_TEACHER)
     p.add_argument("--config", type=Path, default=ROOT / "configs/nmt/small.yaml", help="the teacher's data settings")

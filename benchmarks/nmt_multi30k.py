@@ -25,6 +25,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from typing_extensions import override
+
 from core.cli import main as train_main  # noqa: E402
 from core.data_dir import REPO_ROOT  # noqa: E402
 from core.layers import sinusoidal_positions  # noqa: E402
@@ -48,6 +50,7 @@ class TorchReference(nn.Module):
             activation=cfg.activation, batch_first=True, norm_first=cfg.pre_norm,
         )
 
+    @override
     def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
         scale = math.sqrt(self.cfg.d_model)
         s = self.embed(src) * scale + self.pos[: src.shape[1]]
@@ -85,6 +88,7 @@ def training_throughput(cfg: Seq2SeqConfig, batches: list[dict], rounds: int) ->
 
 
 def main() -> None:
+    """Train the small config, then measure BLEU, decoding speed and training throughput vs torch."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget_minutes", type=float, default=110.0)
     parser.add_argument("--config", default=str(REPO_ROOT / "configs/nmt/small.yaml"))

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from typing_extensions import override
 
 Rank = int | float
 
@@ -164,9 +165,11 @@ class FactorizedLinear(nn.Module):
         """The effective (out x in) weight U @ V."""
         return self.U @ self.V
 
+    @override
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(F.linear(x, self.V), self.U, self.bias)
 
+    @override
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
 
@@ -244,6 +247,7 @@ class FactorizedEmbedding(nn.Module):
 
     @property
     def padding_idx(self) -> int | None:
+        """The padding row of the factorised table (None without one), as `nn.Embedding` has it."""
         return self.table.padding_idx
 
     @classmethod
@@ -281,9 +285,11 @@ class FactorizedEmbedding(nn.Module):
         """The effective (num_embeddings x embedding_dim) matrix table @ proj."""
         return self.table.weight @ self.proj
 
+    @override
     def forward(self, ids: Tensor) -> Tensor:
         return self.table(ids) @ self.proj
 
+    @override
     def extra_repr(self) -> str:
         return (f"{self.num_embeddings}, rank={self.rank}, {self.embedding_dim}, "
                 f"padding_idx={self.padding_idx}")

@@ -18,6 +18,7 @@ import math
 
 import torch
 from torch import Tensor, nn
+from typing_extensions import override
 
 from compression.heads import attention_modules
 from core.attention import MultiHeadAttention
@@ -43,6 +44,7 @@ class HardConcreteGates(nn.Module):
 
     @property
     def num_heads(self) -> int:
+        """Heads this gate set covers (one log-alpha each)."""
         return self.log_alpha.numel()
 
     def forward(self) -> Tensor:
@@ -62,6 +64,7 @@ class HardConcreteGates(nn.Module):
         """Expected number of open gates: sum_h P(gate_h != 0)."""
         return self.p_open().sum()
 
+    @override
     def extra_repr(self) -> str:
         return f"num_heads={self.num_heads}, temperature={self.temperature:.4g}, stretch=({self.low}, {self.high})"
 

@@ -17,6 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 from torch import Tensor
+from typing_extensions import override
 
 from compression.gates import p_open_table
 
@@ -70,6 +71,7 @@ class GateHeatmap(L.Callback):
         self._last_step: int | None = None
         self.gif_path: Path | None = None
 
+    @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not p_open_table(pl_module):
             raise ValueError("GateHeatmap: the module has no head gates attached "
@@ -88,14 +90,17 @@ class GateHeatmap(L.Callback):
             if hasattr(experiment, "add_image"):  # TensorBoard's SummaryWriter
                 experiment.add_image(self.tag, image, step, dataformats="HWC")
 
+    @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
         if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
             self._snapshot(trainer, pl_module)
 
+    @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._snapshot(trainer, pl_module)
 
+    @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero or not self.frames:
             return

@@ -13,6 +13,7 @@ import copy
 from collections.abc import Callable, Iterator, Sequence
 
 from torch import nn
+from typing_extensions import override
 
 
 class SharedLayerStack(nn.Module):
@@ -49,6 +50,7 @@ class SharedLayerStack(nn.Module):
         """Exact parameter count: the k distinct layers' parameters, each counted once."""
         return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
 
+    @override
     def extra_repr(self) -> str:
         return f"k={self.k}, n={self.n}"
 

@@ -15,6 +15,7 @@ import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
+from typing_extensions import override
 
 
 class EpochPermutation(Sampler[int]):
@@ -24,6 +25,7 @@ class EpochPermutation(Sampler[int]):
         self.size, self.shuffle, self.seed, self.epoch = size, shuffle, seed, 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Reshuffle for `epoch` (the distributed-sampler protocol Lightning calls every epoch)."""
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
@@ -59,9 +61,11 @@ class LengthBatchSampler(Sampler[list[int]]):
         self._resume: tuple[int, int] | None = None
 
     def resume_at(self, epoch: int, batches_done: int) -> None:
+        """Skip the first `batches_done` batches of `epoch`: where a mid-epoch checkpoint stopped."""
         self._resume = (epoch, batches_done)
 
     def set_epoch(self, epoch: int) -> None:
+        """Reshuffle for `epoch` (the distributed-sampler protocol Lightning calls every epoch)."""
         self.sampler.set_epoch(epoch)
 
     def _full(self, size: int, longest: int) -> bool:
@@ -144,6 +148,7 @@ class ResumableDataModule(L.LightningDataModule):
         epoch = sampler.sampler.epoch if sampler is not None else self.trainer.current_epoch
         return {"epoch": epoch, "batches_done": progress.processed}
 
+    @override
     def load_state_dict(self, state_dict: dict) -> None:
         if state_dict:
             self._resume = dict(state_dict)

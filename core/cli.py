@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
+from typing_extensions import override
 
 from core.training import AtomicCheckpointIO, LastBatchSafeCheckpoint, RNGStateCallback, write_run_record
 
@@ -23,6 +24,7 @@ from core.training import AtomicCheckpointIO, LastBatchSafeCheckpoint, RNGStateC
 class RunRecordCallback(SaveConfigCallback):
     """Saves the resolved config, then the run record (git commit, data hashes) and hparams."""
 
+    @override
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # Called on rank 0 only: `trainer.log_dir` would broadcast (and hang under DDP).
         log_dir = Path(trainer.logger.log_dir if trainer.logger else trainer.default_root_dir)
@@ -34,6 +36,7 @@ class RunRecordCallback(SaveConfigCallback):
 class LabCLI(LightningCLI):
     """LightningCLI with the lab's defaults and a `--ckpt_path` to resume from."""
 
+    @override
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--ckpt_path", type=str | None, default=None,
                             help="checkpoint to resume from (e.g. <run>/checkpoints/last.ckpt)")

@@ -10,6 +10,7 @@ import math
 
 import torch
 from torch import Tensor, nn
+from typing_extensions import override
 
 from core.attention import KVCache, MultiHeadAttention
 
@@ -33,6 +34,7 @@ class FeedForward(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.fc2 = nn.Linear(d_ff, d_model)
 
+    @override
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(self.dropout(self.act(self.fc1(x))))
 
@@ -66,6 +68,7 @@ class EncoderLayer(nn.Module):
         self.attn_block = _Sublayer(d_model, dropout, pre_norm, eps)
         self.ffn_block = _Sublayer(d_model, dropout, pre_norm, eps)
 
+    @override
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         x = self.attn_block(x, lambda h: self.self_attn(h, mask=mask))
         return self.ffn_block(x, self.ffn)
@@ -87,6 +90,7 @@ class DecoderLayer(nn.Module):
         self.cross_block = _Sublayer(d_model, dropout, pre_norm, eps)
         self.ffn_block = _Sublayer(d_model, dropout, pre_norm, eps)
 
+    @override
     def forward(
         self, x: Tensor, memory: Tensor, memory_mask: Tensor | None = None,
         cache: dict[str, KVCache] | None = None,
@@ -126,6 +130,7 @@ class ScaledEmbedding(nn.Module):
         self.scale = math.sqrt(d_model)
         self.dropout = nn.Dropout(dropout)
 
+    @override
     def forward(self, ids: Tensor, offset: int = 0) -> Tensor:
         t = ids.shape[1]
         if offset + t > self.positions.shape[0]:

@@ -13,6 +13,7 @@ import math
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
+from typing_extensions import override
 
 
 def _set_lr(trainer: L.Trainer, lr: float) -> None:
@@ -47,8 +48,10 @@ class NoamSchedule(Callback):
         self.d_model, self.warmup_steps, self.factor, self.step_factor = d_model, warmup_steps, factor, step_factor
 
     def lr_at(self, step: int) -> float:
+        """The scheduled learning rate after `step` optimizer steps."""
         return noam_lr(step, self.d_model, self.warmup_steps, self.factor, self.step_factor)
 
+    @override
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         _set_lr(trainer, self.lr_at(trainer.global_step))
 
@@ -66,10 +69,12 @@ class TriangleSchedule(Callback):
         self.peak_lr, self.warmup, self.total_steps = peak_lr, warmup, total_steps
 
     def resolve(self, trainer: L.Trainer) -> tuple[int, int]:
+        """(warmup steps, total steps) of this run, from the trainer's planned steps."""
         total = self.total_steps or int(trainer.estimated_stepping_batches)
         warmup = int(self.warmup * total) if self.warmup < 1 else int(self.warmup)
         return max(1, warmup), total
 
+    @override
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         warmup, total = self.resolve(trainer)
         _set_lr(trainer, triangle_lr(trainer.global_step, self.peak_lr, warmup, total))
@@ -83,6 +88,7 @@ class ExponentialSchedule(Callback):
             raise ValueError(f"ExponentialSchedule: gamma must be in (0, 1], got {gamma}")
         self.initial_lr, self.gamma = initial_lr, gamma
 
+    @override
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         _set_lr(trainer, self.initial_lr * self.gamma**trainer.current_epoch)
 
@@ -99,9 +105,11 @@ class PlateauSchedule(Callback):
         self.monitor, self.mode, self.factor, self.patience, self.min_lr = monitor, mode, factor, patience, min_lr
         self.lr, self.best, self.bad_epochs = initial_lr, -math.inf if mode == "max" else math.inf, 0
 
+    @override
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         _set_lr(trainer, self.lr)
 
+    @override
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
             return
@@ -120,8 +128,10 @@ class PlateauSchedule(Callback):
             self.lr, self.bad_epochs = max(self.min_lr, self.lr * self.factor), 0
             _set_lr(trainer, self.lr)
 
+    @override
     def state_dict(self) -> dict:
         return {"lr": self.lr, "best": self.best, "bad_epochs": self.bad_epochs}
 
+    @override
     def load_state_dict(self, state_dict: dict) -> None:
         self.lr, self.best, self.bad_epochs = state_dict["lr"], state_dict["best"], state_dict["bad_epochs"]

@@ -18,6 +18,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
+from typing_extensions import override
 
 
 def _network(pl_module: L.LightningModule) -> nn.ModuleDict:
@@ -51,10 +52,12 @@ class SWA(Callback):
                 self._pending_state = None
         return self.averaged
 
+    @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.current_epoch >= self.first_epoch(trainer):
             self._ensure(pl_module).update_parameters(_network(pl_module))
 
+    @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # After fit, not at train end: ModelCheckpoint writes `last.ckpt` in on_train_end,
         # and that file must keep the raw weights a resumed run continues from.
@@ -68,8 +71,10 @@ class SWA(Callback):
         if ckpt_dir:
             trainer.save_checkpoint(Path(ckpt_dir) / "swa.ckpt", weights_only=False)
 
+    @override
     def state_dict(self) -> dict:
         return {"averaged": self.averaged.state_dict() if self.averaged is not None else self._pending_state}
 
+    @override
     def load_state_dict(self, state_dict: dict) -> None:
         self._pending_state = state_dict.get("averaged")

@@ -16,6 +16,7 @@ import torch
 from lightning import LightningModule
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from typing_extensions import override
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -25,6 +26,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     POSIX), so `last.ckpt` is always loadable.
     """
 
+    @override
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -53,6 +55,7 @@ class RNGStateCallback(Callback):
     Lightning does not, and without it a resumed run draws different dropout masks.
     """
 
+    @override
     def state_dict(self) -> dict:
         return {
             "python": random.getstate(),
@@ -61,6 +64,7 @@ class RNGStateCallback(Callback):
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
 
+    @override
     def load_state_dict(self, state_dict: dict) -> None:
         random.setstate(state_dict["python"])
         np.random.set_state(state_dict["numpy"])
@@ -138,16 +142,19 @@ class LastBatchSafeCheckpoint(ModelCheckpoint):
                 and self._should_save_on_train_epoch_end(trainer) == at_epoch_end:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
+    @override
     def on_validation_end(self, trainer, pl_module) -> None:
         super().on_validation_end(trainer, pl_module)
         self._save_last_if_due(trainer, at_epoch_end=False)
 
+    @override
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._every_n_train_steps >= 1 and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             self._deferred = True
             return
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
+    @override
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         super().on_train_epoch_end(trainer, pl_module)
         self._save_last_if_due(trainer, at_epoch_end=True)

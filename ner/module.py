@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from lightning import LightningModule
 from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
 from torch import Tensor, nn
+from typing_extensions import override
 
 from compression.distill import hidden_state_loss, kd_loss, teacher_logits
 from compression.logit_cache import TeacherLogitCache, row_keys
@@ -173,6 +174,7 @@ class TaggerModule(BertTask, CompressionHooks, LightningModule):
                        f"teacher {self.hparams.teacher}: {parameter_line(self.teacher)}; "
                        f"alpha {self.hparams.kd_alpha}, T {self.hparams.kd_temperature}")
 
+    @override
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[TASK_KEY] = self.task_name
         self.save_tokenizer(checkpoint)
@@ -184,6 +186,7 @@ class TaggerModule(BertTask, CompressionHooks, LightningModule):
         if self.logit_cache is not None and self.trainer.is_global_zero:
             self.logit_cache.save()
 
+    @override
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.restore_tokenizer(checkpoint)
         self.load_compression(checkpoint)
@@ -272,18 +275,22 @@ class TaggerModule(BertTask, CompressionHooks, LightningModule):
         return torch.stack([batch["sentence"][rows], batch["word_ids"][rows, cols],
                             batch["labels"][rows, cols], predicted[rows, cols]], dim=1).cpu()
 
+    @override
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._outputs.append(self._word_rows(batch, self._logits(batch)))
 
+    @override
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._outputs.append(self._word_rows(batch, self._logits(batch)))
 
+    @override
     def on_validation_epoch_end(self) -> None:
         scores = self._score("val")
         self.log_dict(scores)
         # TensorBoard's hparams view pairs the run's hyper-parameters with `hp_metric`.
         self.log("hp_metric", scores["val/f1"])
 
+    @override
     def on_test_epoch_end(self) -> None:
         self.log_dict(self._score("test"))
 

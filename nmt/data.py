@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
+from typing_extensions import override
 
 from core.batching import LengthBatchSampler, ResumableDataModule
 from core.data_dir import REPO_ROOT, resolve_data_dir
@@ -131,6 +132,7 @@ class TranslationDataModule(ResumableDataModule):
         """What the model must agree with: vocabulary size and special ids."""
         return {"vocab_size": self.vocab.size, "pad_id": PAD_ID, "bos_id": BOS_ID, "eos_id": EOS_ID}
 
+    @override
     def setup(self, stage: str | None = None) -> None:
         for name, (src, tgt) in self._text.items():
             if name in self.splits:
@@ -155,11 +157,14 @@ class TranslationDataModule(ResumableDataModule):
         )
         return self.make_loader(split, sampler, lambda idx: collate(split, idx), train=train)
 
+    @override
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True, self.max_tokens)
 
+    @override
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", False, self.eval_max_tokens)
 
+    @override
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", False, self.eval_max_tokens)

@@ -9,6 +9,7 @@ import sacrebleu
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
+from typing_extensions import override
 
 from compression.distill import kd_loss, teacher_logits
 from compression.spec import CompressionHooks
@@ -121,13 +122,16 @@ class TranslationModule(CompressionHooks, L.LightningModule):
             raise ValueError(f"teacher {self.hparams.teacher!r} and student have different SentencePiece "
                              "models: they must share the vocabulary")
 
+    @override
     def compressible_network(self) -> nn.Module:
         return self.model
 
     @property
     def cfg(self) -> Seq2SeqConfig:
+        """The architecture of the seq2seq network, data-dependent sizes included."""
         return self.model.cfg
 
+    @override
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and getattr(datamodule, "vocab", None) is not None:
@@ -137,6 +141,7 @@ class TranslationModule(CompressionHooks, L.LightningModule):
             self.vocab = datamodule.vocab
         self._check_teacher_vocab()
 
+    @override
     def on_fit_start(self) -> None:
         if prepare_teacher(self, self.device) is not None:
             self.print(f"[kd] student {parameter_line(self.model)}; "
@@ -157,6 +162,7 @@ class TranslationModule(CompressionHooks, L.LightningModule):
                                               self.cfg.pad_id)
         return loss_sum / max(1, ntokens), ntokens
 
+    @override
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, ntokens = self.training_loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=ntokens)
@@ -180,9 +186,11 @@ class TranslationModule(CompressionHooks, L.LightningModule):
         hyps = self.vocab.decode_tgt(self.translate(batch["src"], beam_size))
         self._outputs += list(zip(batch["src_text"], batch["ref_text"], hyps, strict=True))
 
+    @override
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val", self.hparams.val_beam_size)
 
+    @override
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "test", self.hparams.test_beam_size)
 
@@ -202,12 +210,15 @@ class TranslationModule(CompressionHooks, L.LightningModule):
             self.logger.experiment.add_text(f"{stage}/sacrebleu_signature", scores["bleu_signature"],
                                             self.global_step)
 
+    @override
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")
 
+    @override
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
 
+    @override
     def configure_optimizers(self) -> torch.optim.Optimizer:
         gate_ids, gate_group = self.split_gate_parameters(self.hparams.get("gate_lr"))
         decay, no_decay = [], []
@@ -218,6 +229,7 @@ class TranslationModule(CompressionHooks, L.LightningModule):
                   {"params": no_decay, "weight_decay": 0.0}, *gate_group]
         return OPTIMIZERS[self.hparams.optimizer](groups, lr=self.hparams.lr, betas=self.hparams.betas)
 
+    @override
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[TASK_KEY] = self.task_name
         self.save_compression(checkpoint)
@@ -225,6 +237,7 @@ class TranslationModule(CompressionHooks, L.LightningModule):
         if self.vocab is not None:
             checkpoint["vocab"] = self.vocab.to_state()
 
+    @override
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         hparams = checkpoint.get("hyper_parameters", {})
         if "arch" in hparams:

@@ -71,6 +71,7 @@ def evaluate_file(module: TranslationModule, src_file: Path, ref_file: Path, bea
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Translate `--input`, write `--output`, and with `--reference` score it (sacreBLEU)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", required=True)
     parser.add_argument("--input", required=True, type=Path)

@@ -66,6 +66,7 @@ class Vocab:
 
     @classmethod
     def from_state(cls, state: dict) -> Vocab:
+        """The vocabulary stored by `to_state` (a checkpoint entry)."""
         return cls(state["src_proto"], state["tgt_proto"])
 
 

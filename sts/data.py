@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader
+from typing_extensions import override
 
 from core.batching import LengthBatchSampler, ResumableDataModule
 from core.hf_import import default_checkpoint_dir, load_tokenizer
@@ -168,6 +169,7 @@ class SentenceDataModule(ResumableDataModule):
             batch["target_input_ids"], batch["target_attention_mask"] = target["input_ids"], target["attention_mask"]
         return batch
 
+    @override
     def train_dataloader(self) -> DataLoader:
         if not self.sentences:
             raise ValueError("SentenceDataModule has no training sentences: set train_files or parallel_files")
@@ -177,6 +179,7 @@ class SentenceDataModule(ResumableDataModule):
                                      seed=self.hparams.seed, rank=rank, num_replicas=world)
         return self.make_loader(range(len(self.sentences)), sampler, self._collate_train, train=True)
 
+    @override
     def val_dataloader(self) -> list[DataLoader]:
         return [self.sts_loader(pairs) for pairs in self.sts.values()]
 

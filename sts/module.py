@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from lightning import LightningModule
 from scipy.stats import spearmanr
 from torch import Tensor, nn
+from typing_extensions import override
 
 from compression.distill import freeze_teacher, hidden_state_loss
 from compression.spec import CompressionHooks
@@ -136,6 +137,7 @@ class SentenceEncoderModule(BertTask, CompressionHooks, LightningModule):
         check_vocab_size(self.tokenizer, self.bert)
         check_same_tokenizer(self.teacher, self)
 
+    @override
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[TASK_KEY] = self.task_name
         self.save_tokenizer(checkpoint)
@@ -143,6 +145,7 @@ class SentenceEncoderModule(BertTask, CompressionHooks, LightningModule):
         save_kd(checkpoint)
         checkpoint["hyper_parameters"] = {**checkpoint.get("hyper_parameters", {}), "keep_layers": None}
 
+    @override
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.restore_tokenizer(checkpoint)
         self.load_compression(checkpoint)
@@ -224,10 +227,12 @@ class SentenceEncoderModule(BertTask, CompressionHooks, LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
+    @override
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         cosine = F.cosine_similarity(self.embed(**batch["a"]), self.embed(**batch["b"]), dim=-1)
         self._val.setdefault(dataloader_idx, []).append(torch.stack([cosine.float().cpu(), batch["score"].cpu()]))
 
+    @override
     def on_validation_epoch_end(self) -> None:
         languages = self.hparams.data_spec.get("languages") or [str(i) for i in sorted(self._val)]
         scores = {}
