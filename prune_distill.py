@@ -6,6 +6,8 @@ Every key of `sts.pipeline.PipelineConfig` can be set in the YAML or overridden 
 line; an unknown key or a bad value is refused with the key named.
 """
 
+import logging
+
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from sts.pipeline import PipelineConfig, run_pipeline
@@ -22,4 +24,5 @@ def parse(args: list[str] | None = None) -> PipelineConfig:
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     run_pipeline(parse())

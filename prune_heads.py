@@ -28,8 +28,9 @@ module's `load_from_checkpoint(path, weights_only=False)`) and `<report>.json` /
 
 Optional fine-tuning: `--finetune_epochs N --finetune_config configs/nmt/small.yaml` trains the
 pruned checkpoint for N epochs with that config (`train.py`, `init_from` the pruned file;
-`--finetune_args "..."` adds train.py flags, e.g. `--data.dir`) and adds the fine-tuned quality
-to the report (`quality.finetuned`, `finetuned_checkpoint`).
+`--finetune_args "..."` adds train.py flags, e.g. `--data.dir`) in `<output stem>_finetune/` beside the
+output (a re-run resumes or skips it) and adds the fine-tuned quality to the report (`quality.finetuned`,
+`finetuned_checkpoint`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import sys
 from pathlib import Path
 
 from compression.pruning_pipeline import METHODS, PruneOptions, measure_quality, prune_checkpoint
+from core.runs import final_checkpoint, train_or_resume
 from core.tasks import load_task_module
 
 
@@ -83,11 +85,11 @@ def check_finetune(epochs: int, config: str | None) -> None:
 def finetune(report: dict, opts: PruneOptions, epochs: int, config: str | None, extra: str) -> dict:
     """Train the pruned checkpoint `epochs` epochs with `config`; add the fine-tuned quality to the report."""
     check_finetune(epochs, config)
-    from core.cli import main as train_main
-    cli = train_main(["--config", config, "--model.init_args.init_from", opts.output, "--trainer.max_epochs",
-                      str(epochs), "--test", "false", *shlex.split(extra)])
-    folder = Path(cli.trainer.checkpoint_callback.dirpath)
-    tuned = folder / "swa.ckpt" if (folder / "swa.ckpt").is_file() else folder / "last.ckpt"
+    output = Path(opts.output)
+    # `<output stem>_finetune/version_0` beside the pruned file; a re-run resumes or skips it (`core.runs`)
+    run = train_or_resume(f"{output.stem}_finetune", [config], output.parent, epochs,
+                          ["--model.init_args.init_from", str(output), *shlex.split(extra)])
+    tuned = final_checkpoint(run)
     report["finetuned_checkpoint"], report["finetune_epochs"] = str(tuned), epochs
     report["quality"]["finetuned"] = measure_quality(*load_task_module(tuned, opts.task), opts)
     stem = Path(opts.report) if opts.report else Path(opts.output).with_suffix("")

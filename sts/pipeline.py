@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,6 +45,8 @@ from core.training import git_commit, save_module_checkpoint
 from sts.data import SentenceDataModule, read_sts
 from sts.module import SentenceEncoderModule, evaluate_sts, reinitialise, sts_regression_loss
 from sts.timing import equal_speed_comparison, equal_speed_lines, sentence_batches
+
+log = logging.getLogger(__name__)
 
 NOTES = (
     "Teacher = the unpruned encoder (its en Spearman is the 100 % reference). Pruned: {heads:.1%} of the heads "
@@ -250,7 +253,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         report["stages_seconds"][name] = round(time.perf_counter() - clock, 1)
         clock = time.perf_counter()
         write_report(report, json_paths)
-        print(f"[sts] {name}: {scores} ({report['stages_seconds'][name]} s)", flush=True)
+        log.info(f"[sts] {name}: {scores} ({report['stages_seconds'][name]} s)")
 
     stage("teacher", teacher, sts_scores(teacher, dm))
     cache = teacher.encode(dm.sentences, normalized=False)

@@ -1,5 +1,5 @@
 """Timing inputs for sentence encoders, and the pruned model vs layer dropping at equal speed (used by
-`sts.pipeline` and `benchmarks/sts_latency.py`).
+`sts.pipeline` and `benchmarks.sts.latency`).
 
 Latency itself is `compression.measure.latency` (models side by side, medians). `equal_speed_comparison`
 reads a report's rows (`latency_ms` per batch size, `quality_vs_teacher`, `kept_layers` for layer-dropped

@@ -12,7 +12,7 @@ import torch
 from conftest import REPO, TINY_BERT, TINY_LABELS, save_like_lightning, tiny_ner_batch, tiny_tagger
 
 from average_checkpoints import main as average_main
-from benchmarks.ner_soup import main as soup_main
+from benchmarks.ner.soup import main as soup_main
 from core.averaging import average_checkpoints, greedy_soup
 from ner.module import TaggerModule
 from nmt.module import TranslationModule

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import sacrebleu
-from conftest import REPO
 
+from benchmarks.head_pruning import report as head_pruning_report
+from benchmarks.head_pruning import significance
 from core.training import file_sha256
 from nmt.significance import paired_bootstrap
-
-sys.path.insert(0, str(REPO / "benchmarks"))
-import head_pruning_report  # noqa: E402
-import head_pruning_significance as significance  # noqa: E402
 
 REFS = [f"ein hund läuft über die wiese nummer {i} und bellt laut" for i in range(60)]
 WORSE = [r.replace("läuft", "geht").replace("laut", "") if i % 2 else r for i, r in enumerate(REFS)]

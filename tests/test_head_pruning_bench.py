@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import REPO, save_like_lightning
+from conftest import save_like_lightning
 from PIL import Image
 
+from benchmarks.head_pruning import report as head_pruning_report
+from benchmarks.head_pruning import run as head_pruning
 from compression.gates import attached_gates
 from compression.heads import attention_modules
 from compression.prune import apply_head_config, head_config, prune_model
@@ -20,10 +21,6 @@ from core.schedules import TriangleSchedule
 from core.tasks import load_task_module
 from ner.module import TaggerModule
 from nmt.module import TranslationModule
-
-sys.path.insert(0, str(REPO / "benchmarks"))
-import head_pruning  # noqa: E402
-import head_pruning_report  # noqa: E402
 
 ARCH = dict(d_model=16, num_heads=4, d_ff=24, encoder_layers=2, decoder_layers=2, dropout=0.0, max_len=32)
 DATA_SPEC = {"vocab_size": 50, "pad_id": 0, "bos_id": 2, "eos_id": 3}

@@ -203,7 +203,7 @@ def test_command_line_error_is_one_line(tmp_path, monkeypatch, capsys):
 @requires_data
 def test_finetune_epochs_trains_the_pruned_checkpoint_and_reports_its_bleu(trained_nmt, multi30k_slice, tmp_path):
     out = tmp_path / "pruned.ckpt"
-    extra = " ".join(tiny_nmt_args(multi30k_slice, tmp_path / "ft")[2:]) + " --trainer.max_steps 2"
+    extra = " ".join(tiny_nmt_args(multi30k_slice, tmp_path / "ft")[2:6]) + " --trainer.max_steps 2"  # data flags
     test_src, test_ref = multi30k_slice / "test_2016_flickr.en", multi30k_slice / "test_2016_flickr.de"
     report = prune_main(["--ckpt", str(trained_nmt), "--method", "random", "--prune", "encoder_self=0.5",
                          "--output", str(out), "--eval_data", str(test_src), str(test_ref),
