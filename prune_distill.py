@@ -1,15 +1,18 @@
 """Prune-then-distil a BERT sentence encoder (issue 6): score -> prune -> distil -> evaluate -> report.
 
-    .venv/bin/python prune_distill.py --config configs/sts/minilm_half_heads.yaml [--epochs 2 ...]
+    .venv/bin/python prune_distill.py --config configs/sts/minilm_prune_distill.yaml [--epochs 2 ...]
+    .venv/bin/python prune_distill.py --sweep configs/sts/prune_distill_sweep.yaml --run ffn25   # a variant
 
 Every key of `sts.pipeline.PipelineConfig` can be set in the YAML or overridden on the command
 line; an unknown key or a bad value is refused with the key named.
 """
 
 import logging
+import sys
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
+from core.sweep import expand_sweep
 from sts.pipeline import PipelineConfig, run_pipeline
 
 
@@ -18,7 +21,7 @@ def parse(args: list[str] | None = None) -> PipelineConfig:
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--config", action=ActionConfigFile)
     parser.add_class_arguments(PipelineConfig)
-    values = parser.parse_args(args)
+    values = parser.parse_args(expand_sweep(sys.argv[1:] if args is None else list(args)))
     values.pop("config", None)
     return PipelineConfig(**values.as_dict())
 

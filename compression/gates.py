@@ -15,6 +15,7 @@ the attention's `head_mask` before every call. No model class is forked.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +26,27 @@ from core.attention import MultiHeadAttention
 
 GATES_ATTR = "head_gates"
 _HOOK_ATTR = "_head_gates_hook"
+
+
+@dataclass
+class GateConfig:
+    """Gate fine-tuning: hard-concrete gates on the heads of `types` (e.g. ['encoder_self'], ['bert_self']).
+
+    `l0_lambda` weights the gates' L0 penalty in the training loss: one weight, or {type: weight}
+    (types left out: 0) to push some types harder. `lr` is a constant rate of the log-alphas (own
+    group, no weight decay, untouched by schedule callbacks; None: the base rate): at a fine-tuning
+    peak rate like 1e-4 an Adam step moves a log-alpha by ~1e-4, so a few hundred steps never close a head.
+    """
+
+    types: list[str] = field(default_factory=list)
+    l0_lambda: float | dict[str, float] = 0.0
+    lr: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.types:
+            raise ValueError("gates.types must name at least one attention type (or leave gates out)")
+        if self.lr is not None and self.lr <= 0:
+            raise ValueError(f"gates.lr must be > 0 (or null to train gates at the base rate), got {self.lr}")
 
 
 class HardConcreteGates(nn.Module):

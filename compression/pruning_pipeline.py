@@ -165,11 +165,10 @@ def measure_quality(task: Task, module: LightningModule, opts: PruneOptions) -> 
 def save_checkpoint(module: LightningModule, path: str | Path) -> dict:
     """Write the model part of a Lightning checkpoint through the module's own save hook.
 
-    Gates are gone after pruning, so a module that gates by hyper-parameter (`gate_types`, `l0_lambda`)
-    saves them reset (a reload would otherwise re-attach gates / demand an L0 term).
+    Gates are gone after pruning, so a module that gates by hyper-parameter (`gates`) saves it reset
+    (a reload would otherwise re-attach gates / demand an L0 term).
     """
-    resets = {"gate_types": None, "l0_lambda": 0.0}
-    return save_module_checkpoint(module, path, **{k: v for k, v in resets.items() if k in module.hparams})
+    return save_module_checkpoint(module, path, **({"gates": None} if "gates" in module.hparams else {}))
 
 
 def _jsonable(scores: dict[str, Tensor]) -> dict[str, list[list[float | None]]]:
@@ -189,7 +188,7 @@ def plan_pruning(task: Task, module: LightningModule, opts: PruneOptions) -> tup
         raise ValueError("--gate_threshold only applies to --method gates")
     if opts.method == "gates" and not attached_gates(network):
         raise ValueError(f"--method gates: checkpoint {opts.checkpoint!r} has no head gates "
-                         "(fine-tune it with gate_types / l0_lambda first, e.g. configs/nmt/gates_l0_0.05.yaml)")
+                         "(fine-tune it with gates: {types, l0_lambda} first, e.g. configs/nmt/gates_l0.yaml)")
     if opts.gate_threshold is not None:
         return gate_plan(network, opts.gate_threshold), gate_scores(network)
     target = parse_target(opts.prune)

@@ -27,7 +27,8 @@ def scratch_init(pruned: LightningModule, seed: int = 0) -> LightningModule:
     network = pruned.compressible_network()
     if attached_gates(network):
         raise ValueError("scratch_init needs a pruned model without gates (prune it with --method gates first)")
-    hparams = {**dict(pruned.hparams), "gate_types": None, "l0_lambda": 0.0, "init_from": None, "teacher": None}
+    hparams = {k: v for k, v in pruned.resolved_hparams().items() if not k.startswith("_")}
+    hparams.update({k: None for k in ("gates",) if k in hparams})
     torch.manual_seed(seed)
     fresh = type(pruned)(**hparams)
     apply_head_config(fresh.compressible_network(), head_config(network))

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from compression.factorize import apply_factorization_spec, factorization_spec
 from compression.ffn import apply_ffn_config, ffn_config
-from compression.gates import attach_gates, attached_gates, detach_gates, l0_penalty
+from compression.gates import GateConfig, attach_gates, attached_gates, detach_gates, l0_penalty
 from compression.heads import attention_modules, check_types
 from compression.prune import KEPT_ATTR, apply_head_config, head_config
 from compression.sharing import apply_sharing_spec, sharing_spec
@@ -156,35 +156,40 @@ class CompressionHooks:
 
     The module names its compressible network in `compressible_network()` and calls
     `setup_compression` at the end of `__init__`, `save_compression` / `load_compression` from
-    its checkpoint hooks and adds `l0_term()` (None without gates) to its training loss. Its
-    `load_state_dict` checks shapes first and fails with one clear ValueError.
+    its checkpoint hooks, adds `l0_term()` (None without gates) to its training loss and
+    `gate_groups()` to its optimiser. Its `load_state_dict` checks shapes first and fails with one
+    clear ValueError.
     """
+
+    gate_config: GateConfig | None = None
 
     def compressible_network(self) -> nn.Module:
         """The network whose shape compression changes (a Seq2SeqTransformer, a BertModel)."""
         raise NotImplementedError
 
-    def setup_compression(self, gate_types: list[str] | None, init_from: str | None,
-                          l0_lambda: float | Mapping[str, float]) -> None:
-        """Validate `l0_lambda`, load `init_from` weights, then attach gates of `gate_types`
-        (types the `init_from` checkpoint already gated keep their trained log-alphas)."""
-        l0_weights(l0_lambda)
-        network = self.compressible_network()
+    def init_compression(self, init_from: str | None) -> None:
+        """Load `init_from` weights (its compression rebuilt first) into the module, if given."""
         if init_from:
-            init_weights_from(self, network, init_from)  # type: ignore[arg-type]
-        if gate_types:
+            init_weights_from(self, self.compressible_network(), init_from)  # type: ignore[arg-type]
+
+    def setup_compression(self, gates: GateConfig | Mapping | None, init_from: str | None = None) -> None:
+        """Load `init_from` weights, then attach the gates `gates` asks for (types the `init_from`
+        checkpoint already gated keep their trained log-alphas)."""
+        if isinstance(gates, Mapping):
+            gates = GateConfig(**gates)
+        self.gate_config = gates
+        if gates is not None:
+            l0_weights(gates.l0_lambda)
+        self.init_compression(init_from)
+        if gates is not None:
+            network = self.compressible_network()
             have = attached_gates(network)
-            new = [t for t in gate_types if t not in have]
-            if new:
+            if new := [t for t in gates.types if t not in have]:
                 attach_gates(network, new)
 
     def save_compression(self, checkpoint: dict) -> None:
-        """Store the spec; drop `init_from` from the saved hyperparameters (the checkpoint now
-        holds the weights, so reloading it must not read the source file again)."""
+        """Store the compression spec of the network in `checkpoint`."""
         checkpoint[SPEC_KEY] = compression_spec(self.compressible_network())
-        hparams = checkpoint.get("hyper_parameters")
-        if hparams and hparams.get("init_from"):
-            checkpoint["hyper_parameters"] = {**hparams, "init_from": None}
 
     def load_compression(self, checkpoint: dict) -> None:
         """Reshape the network to the checkpoint's spec (before Lightning loads its state dict)."""
@@ -196,31 +201,26 @@ class CompressionHooks:
         check_state_dict(self, state_dict, strict=strict)  # type: ignore[arg-type]
         return super().load_state_dict(state_dict, strict=strict, assign=assign)  # type: ignore[misc]
 
-    def split_gate_parameters(self, gate_lr: float | None) -> tuple[set[int], list[dict]]:
-        """(ids of the gates' log-alphas, [their optimizer group]) when `gate_lr` is set, else (set(), []).
+    def gate_groups(self) -> list[dict]:
+        """[the gates' log-alphas at their constant `gates.lr`] when it is set, else [].
 
-        The group has no weight decay and the constant rate `gate_lr` (`fixed_lr`: schedule
-        callbacks leave it alone). Gates need it: at a fine-tuning peak rate like 1e-4 an Adam
-        step moves a log-alpha by about 1e-4, so a few hundred steps could never close a head.
+        The group has no weight decay and `fixed_lr` (schedule callbacks leave it alone).
         """
-        if gate_lr is None:
-            return set(), []
-        if gate_lr <= 0:
-            raise ValueError(f"gate_lr must be > 0 (or null to train gates at the base rate), got {gate_lr}")
+        gate_lr = self.gate_config.lr if self.gate_config is not None else None
         params = [g.log_alpha for layers in attached_gates(self.compressible_network()).values() for g in layers]
-        if not params:
-            return set(), []
-        return {id(p) for p in params}, [{"params": params, "weight_decay": 0.0, "lr": gate_lr, "fixed_lr": gate_lr}]
+        if gate_lr is None or not params:
+            return []
+        return [{"params": params, "weight_decay": 0.0, "lr": gate_lr, "fixed_lr": gate_lr}]
 
     def l0_term(self) -> Tensor | None:
         """Weighted L0 penalty of the attached gates (None when every weight is 0).
 
-        `l0_lambda` is one weight for every gated type or {type: weight} (types left out get 0),
+        `gates.l0_lambda` is one weight for every gated type or {type: weight} (types left out get 0),
         so e.g. decoder self-attention can be pushed harder than cross-attention. With gates
         attached, logs `train/heads_open_<type>` (share of heads whose eval-time gate is > 0, i.e.
         that pruning by gates would keep) and, with a weight > 0, `train/l0`.
         """
-        weights = l0_weights(self.hparams.get("l0_lambda") or 0.0)  # type: ignore[attr-defined]
+        weights = l0_weights(self.gate_config.l0_lambda if self.gate_config is not None else 0.0)
         gates = attached_gates(self.compressible_network())
         for kind, layers in gates.items():
             la = torch.cat([g.log_alpha.detach().flatten() for g in layers])
@@ -232,15 +232,15 @@ class CompressionHooks:
             if weights == 0.0:
                 return None
             if not gates:
-                raise ValueError("l0_lambda > 0 but no head gates are attached: set gate_types "
+                raise ValueError("gates.l0_lambda > 0 but no head gates are attached: set gates.types "
                                  "(e.g. ['encoder_self'])")
             weights = dict.fromkeys(gates, weights)
         weights = {kind: w for kind, w in weights.items() if w > 0}
         if not weights:
             return None
         if missing := sorted(set(weights) - set(gates)):
-            raise ValueError(f"l0_lambda > 0 for {missing} but those types have no head gates: add them to "
-                             f"gate_types (gated now: {sorted(gates)})")
+            raise ValueError(f"gates.l0_lambda > 0 for {missing} but those types have no head gates: add them "
+                             f"to gates.types (gated now: {sorted(gates)})")
         self.log("train/l0", l0_penalty(gates).detach())  # type: ignore[attr-defined]
         return sum(w * l0_penalty({kind: gates[kind]}) for kind, w in weights.items())  # type: ignore[return-value]
 

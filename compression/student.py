@@ -1,12 +1,12 @@
 """Student building and teacher handling for knowledge distillation owned by the LightningModules.
 
-The modules (`TranslationModule`, `TaggerModule`) take `teacher` (a checkpoint path of the same
-module class), `kd_alpha` and `kd_temperature`. The teacher is loaded with
-`load_from_checkpoint`, frozen (`freeze_teacher`) and stored *outside* the module's registered
-children (`attach_teacher`), so it appears neither in `state_dict()` / the student's checkpoint
-nor in `parameters()` / the optimizer, and `module.train()` does not switch it back to training
-mode. `save_kd` drops the teacher path from a checkpoint's hyperparameters, so the student
-reloads from its checkpoint alone (the teacher file need not exist then).
+The modules (`TranslationModule`, `TaggerModule`) take `kd: KDConfig` (the teacher checkpoint of
+the same module class, the loss's alpha and temperature, and the options some tasks add). The
+teacher is loaded with `load_from_checkpoint`, frozen (`freeze_teacher`) and stored *outside* the
+module's registered children (`attach_teacher`), so it appears neither in `state_dict()` / the
+student's checkpoint nor in `parameters()` / the optimizer, and `module.train()` does not switch it
+back to training mode. `kd` only says how training starts: a saved student's resolved config
+(`core.config`) has none, so it reloads from its checkpoint alone.
 
 `shape_bert_student` applies the construction-time compression hyperparameters of a student
 encoder (`keep_layers`, `factorize_embedding_rank`, `share_layers`) through `compression.factorize` /
@@ -22,6 +22,7 @@ training example instead of once per step.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -36,12 +37,30 @@ TEACHER_ATTR = "_kd_teacher"
 M = TypeVar("M", bound=nn.Module)
 
 
-def check_kd_hparams(alpha: float, temperature: float) -> None:
-    """One clear ValueError for a KD temperature <= 0 or an alpha outside [0, 1]."""
-    if not temperature > 0:
-        raise ValueError(f"kd_temperature must be > 0, got {temperature}")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"kd_alpha must be in [0, 1], got {alpha}")
+@dataclass
+class KDConfig:
+    """Knowledge distillation from a trained checkpoint of the same task.
+
+    The loss is alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * the task's own loss
+    (`compression.distill.kd_loss`). `hidden_weight` > 0 adds an MSE between student and teacher
+    hidden states (BERT tasks); `cache` is a folder for the teacher's logits per training example
+    (`compression.logit_cache`; the tagger). `teacher` None: no distillation (a config keeps its KD
+    settings ready for a teacher given on the command line, `--model.init_args.kd.teacher PATH`).
+    """
+
+    teacher: str | None = None
+    alpha: float = 0.5
+    temperature: float = 2.0
+    hidden_weight: float = 0.0
+    cache: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError(f"kd.temperature must be > 0, got {self.temperature}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"kd.alpha must be in [0, 1], got {self.alpha}")
+        if self.hidden_weight < 0:
+            raise ValueError(f"kd.hidden_weight must be >= 0, got {self.hidden_weight}")
 
 
 def load_teacher(cls: type[M], path: str | Path) -> M:
@@ -74,13 +93,6 @@ def prepare_teacher(module: nn.Module, device) -> nn.Module | None:
     return teacher
 
 
-def save_kd(checkpoint: dict) -> None:
-    """Drop the teacher path from the checkpoint's hyperparameters: the student stands alone."""
-    hparams = checkpoint.get("hyper_parameters")
-    if hparams and hparams.get("teacher"):
-        checkpoint["hyper_parameters"] = {**hparams, "teacher": None}
-
-
 def keep_bert_layers(bert: nn.Module, keep: Sequence[int]) -> nn.Module:
     """Keep only the encoder layers at indices `keep` (in that order), in place; updates `bert.cfg`.
 
@@ -99,11 +111,26 @@ def keep_bert_layers(bert: nn.Module, keep: Sequence[int]) -> nn.Module:
     return bert
 
 
+@dataclass(frozen=True)
+class StudentShape:
+    """Construction-time compression of a BERT student (`shape_bert_student`).
+
+    `keep_layers` (applied first) keeps only those encoder layers of the pretrained / `init_from`
+    encoder; `share_layers` = {k, n[, init_from]}: k distinct layers applied n times, copied from
+    encoder layer(s) `init_from` (or fresh with init_from null); `factorize_embedding_rank`: the
+    word embedding as its rank-r SVD factorisation.
+    """
+
+    keep_layers: list[int] | None = None
+    share_layers: dict | None = None
+    factorize_embedding_rank: int | None = None
+
+
 def shape_bert_student(
     bert: nn.Module, factorize_embedding_rank: int | None = None, share: Mapping | None = None,
     keep_layers: Sequence[int] | None = None,
 ) -> nn.Module:
-    """Apply a student's construction-time compression to a BertModel, in place.
+    """Apply a student's construction-time compression (`StudentShape`'s fields) to a BertModel, in place.
 
     `keep_layers` (first) keeps those encoder layers only (`keep_bert_layers`).
     `share` = {"k", "n", "init_from" (optional: teacher layer index, list of k indices, or

@@ -10,7 +10,7 @@ from core.hf_import import load_tokenizer
 
 
 class BertTask:
-    """Mixin for LightningModules with `self.bert` and `hparams.data_spec['tokenizer']`.
+    """Mixin for LightningModules with `self.bert` and `self.data_spec.tokenizer`.
 
     The tokenizer is loaded lazily from the data spec, written into every checkpoint and read
     back from it, so a checkpoint works without the tokenizer folder it was trained with.
@@ -25,9 +25,9 @@ class BertTask:
 
     @property
     def tokenizer(self) -> Tokenizer:
-        """The tokenizer from the checkpoint, else from `data_spec['tokenizer']`."""
+        """The tokenizer from the checkpoint, else from `data_spec.tokenizer`."""
         if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.hparams.data_spec["tokenizer"])
+            self._tokenizer = load_tokenizer(self.data_spec.tokenizer)
         return self._tokenizer
 
     def save_tokenizer(self, checkpoint: dict) -> None:

@@ -9,6 +9,7 @@ into the run record).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -18,6 +19,7 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
+from core.sweep import expand_sweep
 from core.training import AtomicCheckpointIO, LastBatchSafeCheckpoint, RNGStateCallback, write_run_record
 
 
@@ -84,7 +86,13 @@ def default_callbacks() -> list:
 
 
 def main(args: list[str] | None = None) -> LabCLI:
-    """Parse, fit (resuming from `--ckpt_path` if given), then test; returns the CLI."""
+    """Parse (a sweep run expanded), fit (resuming from `--ckpt_path` if given), then test; returns the CLI."""
+    if args is None:
+        # A sweep run given on the command line becomes that command line (LightningCLI reads sys.argv itself
+        # and warns when given both).
+        sys.argv = sys.argv[:1] + expand_sweep(sys.argv[1:])
+    else:
+        args = expand_sweep(list(args))
     cli = LabCLI(
         L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
         run=False, args=args, save_config_callback=RunRecordCallback,

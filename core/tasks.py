@@ -28,6 +28,8 @@ import torch
 from lightning import LightningModule
 from torch import Tensor, nn
 
+from core.config import load_module
+
 TASK_KEY = "task"
 _REGISTRY: dict[str, Task] = {}
 
@@ -59,8 +61,7 @@ class Task:
 
     def load(self, path: str | Path) -> LightningModule:
         """The checkpoint's module on CPU in eval mode, rebuilt from the file alone (teacher not loaded)."""
-        module = self.module_class.load_from_checkpoint(path, map_location="cpu", weights_only=False)
-        return module.eval()
+        return load_module(self.module_class, path).eval()
 
     def network(self, module: LightningModule) -> nn.Module:
         """The network whose heads, FFNs and layers compression changes."""

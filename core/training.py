@@ -40,11 +40,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 def save_module_checkpoint(module: LightningModule, path: str | Path, **hparam_overrides: Any) -> dict:
     """Write, atomically, what `Trainer.save_checkpoint` stores for the model part of `module`: its state
-    dict, hyper-parameters (with `hparam_overrides` applied) and whatever its `on_save_checkpoint` adds
-    (e.g. a pruned model's compression spec), so `load_from_checkpoint` rebuilds it from the file alone."""
-    ckpt = {"state_dict": module.state_dict(), "hyper_parameters": {**dict(module.hparams), **hparam_overrides},
+    dict, hyper-parameters (as its `on_save_checkpoint` resolves them, then `hparam_overrides` applied) and
+    whatever else that hook adds (e.g. a pruned model's compression spec), so `load_from_checkpoint`
+    rebuilds it from the file alone."""
+    ckpt = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
             "pytorch-lightning_version": lightning.__version__}
     module.on_save_checkpoint(ckpt)
+    ckpt["hyper_parameters"] = {**ckpt["hyper_parameters"], **hparam_overrides}
     AtomicCheckpointIO().save_checkpoint(ckpt, path)
     return ckpt
 

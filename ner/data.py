@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -33,6 +34,24 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
         "word_ids": pad([[-1 if w is None else w for w in e.word_ids] for e in examples], -1),
         "sentence": torch.tensor([e.sentence for e in examples]),
     }
+
+
+@dataclass(frozen=True)
+class TaggingSpec:
+    """What a tagger must agree with in the data: the IOB2 label list, the tokenizer (a checkpoint folder or
+    tokenizer.json), the window length in sub-tokens, the document-context width and each split's source
+    tag scheme (IOB1 / IOB2, informational)."""
+
+    labels: list[str]
+    tokenizer: str
+    max_length: int = 512
+    context_tokens: int = 0
+    schemes: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.labels or not self.tokenizer:
+            raise ValueError("a tagger needs data_spec with 'labels' and 'tokenizer' (given by CoNLLDataModule.spec(); "
+                             "train.py links it)")
 
 
 class CoNLLDataModule(ResumableDataModule):
@@ -95,11 +114,11 @@ class CoNLLDataModule(ResumableDataModule):
         for split in self.paths:
             self.sentences[split] = self.sentences[split][: self.limits[split]]
 
-    def spec(self) -> dict:
+    def spec(self) -> TaggingSpec:
         """What the tagger must agree with: labels, tokenizer, window length, source schemes."""
         self._read()
-        return {"labels": self.labels, "tokenizer": self.tokenizer_source, "max_length": self.max_length,
-                "context_tokens": self.context_tokens, "schemes": self.schemes}
+        return TaggingSpec(labels=self.labels, tokenizer=self.tokenizer_source, max_length=self.max_length,
+                           context_tokens=self.context_tokens, schemes=dict(self.schemes))
 
     def data_files(self) -> list[Path]:
         """The CoNLL files this run reads (fingerprinted into the run record)."""

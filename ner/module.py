@@ -1,13 +1,14 @@
 """BERT token-classification LightningModule, scored at word level with seqeval.
 
 A checkpoint is self-contained: the label list and tokenizer location come in through
-`data_spec` (hyperparameters), the BERT architecture is written back into the `bert_config`
-hyperparameter, and the tokenizer itself (its JSON) is stored in the checkpoint, so
-`TaggerModule.load_from_checkpoint(path)` tags text without the original folders.
+`data_spec` (`ner.data.TaggingSpec`), the checkpoint's resolved config (`core.config`) holds the
+BERT architecture, and the tokenizer itself (its JSON) is stored in the checkpoint, so
+`load_module(TaggerModule, path)` tags text without the original folders.
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -18,27 +19,30 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from compression.distill import hidden_state_loss, kd_loss, teacher_logits
+from compression.gates import GateConfig
 from compression.logit_cache import TeacherLogitCache, row_keys
 from compression.spec import CompressionHooks
 from compression.student import (
+    KDConfig,
+    StudentShape,
     attach_teacher,
-    check_kd_hparams,
     get_teacher,
     load_teacher,
     parameter_line,
     prepare_teacher,
-    save_kd,
     shape_bert_student,
 )
 from core.batching import LengthBatchSampler
 from core.bert import BertConfig, BertModel
 from core.bert_task import BertTask
+from core.config import ResolvedConfig
 from core.hf_import import check_vocab_size, default_checkpoint_dir, load_bert
+from core.optim import OptimizerConfig, SchedulerConfig, as_dataclass, configure
 from core.tasks import TASK_KEY
 from ner.align import CASING, IGNORE, SentenceEncoder, document_context
 from ner.conll import read_conll, to_iob2
 from ner.crf import CRF, iob2_start_penalty, iob2_transition_penalty, pack_words, unpack_words, viterbi
-from ner.data import collate
+from ner.data import TaggingSpec, collate
 
 
 def entity_scores(gold: list[list[str]], pred: list[list[str]], labels: list[str]) -> dict[str, float]:
@@ -57,77 +61,73 @@ def first_subtoken_mask(word_ids: Tensor) -> Tensor:
     return (word_ids >= 0) & (word_ids != prev)
 
 
-class TaggerModule(BertTask, CompressionHooks, LightningModule):
+class TaggerModule(ResolvedConfig, BertTask, CompressionHooks, LightningModule):
     """BERT + (optional casing embedding) + dropout + linear head over IOB2 labels.
 
     `checkpoint_dir` is a HF BERT folder with weights (None: the default MiniLM); with
     `bert_config` the encoder is built from that config with fresh weights instead (tiny test
     models, and reloading from our own checkpoints, whose state dict brings the weights).
     `casing` adds a zero-initialised embedding of the word's casing class to each sub-token,
-    so training starts from exactly the pretrained model. `lr` only matters without a
-    schedule callback, which sets the rate every step.
+    so training starts from exactly the pretrained model. `data_spec` comes from the data
+    (`ner.data.TaggingSpec`); `optimizer` / `scheduler` are `core.optim`'s (a schedule callback
+    sets the rate every step).
 
     Compression (`compression.spec`) acts on `self.bert`: a pruned / factorised / shared /
-    gated encoder reloads from its checkpoint alone. `gate_types` (['bert_self']) attaches
-    hard-concrete head gates at construction, `l0_lambda` weights their L0 penalty in the
-    training loss (a number, or {type: weight}), `gate_lr` gives their log-alphas a constant rate
-    of their own (no weight decay, untouched by schedule callbacks; None: trained like the rest),
-    and `init_from` starts from a checkpoint's weights (not its optimizer).
+    gated encoder reloads from its checkpoint alone. `gates` (`compression.gates.GateConfig`, types
+    ['bert_self']) attaches hard-concrete head gates at construction, weighs their L0 penalty and
+    may give their log-alphas a constant rate of their own; `init_from` starts from a checkpoint's
+    weights (not its optimizer).
 
     Students: `bert_config` (fewer layers / hidden / heads / intermediate) builds a fresh small
-    encoder; `factorize_embedding_rank` (SVD-factorised word embedding) and `share_layers`
-    ({k, n, init_from}: k distinct layers applied n times, copied from encoder layer `init_from`
-    of the pretrained / `init_from` weights, or fresh with init_from null) are applied at
-    construction, after `init_from` weights are loaded, and recorded in the checkpoint's
-    compression spec. `teacher` is a trained TaggerModule checkpoint with the same label list
-    and tokenizer vocabulary; with it the training loss is token-level
-    `kd_loss` (kd_alpha * T^2 * KL + (1 - kd_alpha) * CE, sub-tokens labelled -100 excluded).
-    The teacher is frozen, in eval mode, and kept out of the state dict and checkpoint.
-    `keep_layers` (list of encoder layer indices, applied first) keeps only those layers of the
-    pretrained / `init_from` encoder: a shallow student initialised from the teacher's layers; the
-    smaller `bert_config` is written back, so the checkpoint reloads without the teacher.
+    encoder; `student` (`compression.student.StudentShape`: keep_layers, share_layers,
+    factorize_embedding_rank) reshapes the pretrained / `init_from` encoder at construction and is
+    recorded in the checkpoint's compression spec (kept layers: in its resolved `bert_config`).
+    `kd` (`compression.student.KDConfig`) distils from a trained TaggerModule checkpoint with the
+    same label list and tokenizer vocabulary: token-level `kd_loss` (alpha * T^2 * KL + (1 - alpha)
+    * CE, sub-tokens labelled -100 excluded); `kd.hidden_weight` > 0 adds an MSE between student and
+    teacher hidden states over real tokens (`hidden_state_loss`: student layer l against teacher layer
+    round(l * L_t / L_s), equal widths), taking the teacher logits from that same pass; `kd.cache`
+    (a folder) caches the teacher's logits per training example on disk (`compression.logit_cache`,
+    keyed by the teacher file's SHA-256 and the example's content). The teacher is frozen, in eval
+    mode, and kept out of the state dict and checkpoint.
     `crf` puts a linear-chain CRF over the word-level scores (first sub-tokens): its sequence
     negative log-likelihood is added to the training loss and tags are decoded by Viterbi. Its
     few zero-initialised scores train at `crf_lr_scale` times the encoder's rate (at a fine-tuning
     rate like 3e-4 an Adam step moves a transition score by ~3e-4: they would barely leave 0).
     `constrained_decoding` (no CRF) decodes by Viterbi over the softmax log-probabilities with
     IOB2-invalid transitions forbidden, instead of a per-word argmax; with a CRF it is implied.
-    `kd_hidden_weight` > 0 adds an MSE between student and teacher hidden states over real tokens
-    (`hidden_state_loss`: student layer l against teacher layer round(l * L_t / L_s), equal widths);
-    it runs the teacher in every step and takes the teacher logits from that same pass (no cache).
     `embedding_lr_scale` trains the word-embedding table (of a factorised embedding: the per-token
     rows, not the shared projection) undecayed at that multiple of the scheduled rate: a token seen
     a few times per epoch gets a few Adam steps, too few at a fine-tuning rate to move its row.
-    `kd_cache` (a folder) caches the teacher's logits per training example on disk
-    (`compression.logit_cache`, keyed by the teacher file's SHA-256 and the example's content):
-    the teacher runs only for examples not seen before, in this run or an earlier one.
     """
 
     task_name = "ner"  # recorded in every checkpoint (`core.tasks`)
 
     def __init__(
         self, checkpoint_dir: str | None = None, bert_config: dict | None = None, casing: bool = False,
-        dropout: float = 0.1, lr: float = 5e-5, weight_decay: float = 0.01, data_spec: dict | None = None,
-        gate_types: list[str] | None = None, l0_lambda: float | dict[str, float] = 0.0, init_from: str | None = None,
-        factorize_embedding_rank: int | None = None, share_layers: dict | None = None,
-        teacher: str | None = None, kd_alpha: float = 0.5, kd_temperature: float = 2.0,
-        keep_layers: list[int] | None = None, kd_cache: str | None = None,
-        gate_lr: float | None = None, crf: bool = False, crf_lr_scale: float = 100.0,
-        constrained_decoding: bool = False, kd_hidden_weight: float = 0.0, embedding_lr_scale: float = 1.0,
+        dropout: float = 0.1, data_spec: TaggingSpec | None = None,
+        optimizer: OptimizerConfig = OptimizerConfig(name="adamw", lr=5e-5, weight_decay=0.01),
+        scheduler: SchedulerConfig | None = None, gates: GateConfig | None = None, init_from: str | None = None,
+        student: StudentShape | None = None, kd: KDConfig | None = None, crf: bool = False,
+        crf_lr_scale: float = 100.0, constrained_decoding: bool = False, embedding_lr_scale: float = 1.0,
     ) -> None:
         super().__init__()
-        if not data_spec or not data_spec.get("labels") or not data_spec.get("tokenizer"):
+        self.save_hyperparameters()
+        if data_spec is None:
             raise ValueError("TaggerModule needs data_spec with 'labels' and 'tokenizer' "
                              "(given by CoNLLDataModule.spec(); train.py links it)")
-        self.save_hyperparameters()
-        self.labels: list[str] = list(data_spec["labels"])
-        self.max_length: int = int(data_spec.get("max_length", 512))
+        self.data_spec: TaggingSpec = as_dataclass(TaggingSpec, data_spec)
+        self.optimizer_config = as_dataclass(OptimizerConfig, optimizer)
+        self.scheduler_config = as_dataclass(SchedulerConfig, scheduler)
+        self.student_shape = as_dataclass(StudentShape, student) or StudentShape()
+        self.kd: KDConfig | None = as_dataclass(KDConfig, kd)
+        if self.kd is not None and self.kd.teacher is None:  # KD settings without a teacher: plain training
+            self.kd = None
+        self.constrained_decoding = constrained_decoding  # decoding only: callers may switch it on a trained model
+        self.labels: list[str] = list(self.data_spec.labels)
+        self.max_length: int = int(self.data_spec.max_length)
         if bert_config is None:
-            folder = checkpoint_dir or str(default_checkpoint_dir())
-            self.bert = load_bert(folder)
-            # Written back so a checkpoint rebuilds the architecture without the folder.
-            self.hparams["bert_config"] = self.bert.cfg.to_dict()
-            self.hparams["checkpoint_dir"] = folder
+            self.bert = load_bert(checkpoint_dir or str(default_checkpoint_dir()))
         else:
             self.bert = BertModel(BertConfig.from_dict(bert_config))
         hidden = self.bert.cfg.hidden_size
@@ -138,20 +138,23 @@ class TaggerModule(BertTask, CompressionHooks, LightningModule):
         self.head = nn.Linear(hidden, len(self.labels))
         self.crf = CRF(self.labels) if crf else None
         self._outputs: list[Tensor] = []
-        self.setup_compression(None, init_from, l0_lambda)  # weights first, then the student's shape
-        shape_bert_student(self.bert, factorize_embedding_rank, share_layers, keep_layers)
-        if keep_layers is not None:  # the checkpoint holds the shallow encoder: rebuild it from its config
-            self.hparams["bert_config"] = self.bert.cfg.to_dict()
-            self.hparams["keep_layers"] = None
-        self.setup_compression(gate_types, None, l0_lambda)
-        check_kd_hparams(kd_alpha, kd_temperature)
-        if kd_hidden_weight < 0:
-            raise ValueError(f"kd_hidden_weight must be >= 0, got {kd_hidden_weight}")
-        attach_teacher(self, load_teacher(TaggerModule, teacher) if teacher else None)
+        self.init_compression(init_from)  # weights first, then the student's shape
+        shape = self.student_shape
+        shape_bert_student(self.bert, shape.factorize_embedding_rank, shape.share_layers, shape.keep_layers)
+        self.setup_compression(gates)
+        attach_teacher(self, load_teacher(TaggerModule, self.kd.teacher) if self.kd else None)
         if self.teacher is not None and self.teacher.labels != self.labels:
-            raise ValueError(f"teacher {teacher!r} has labels {self.teacher.labels} but the student has "
+            raise ValueError(f"teacher {self.kd.teacher!r} has labels {self.teacher.labels} but the student has "
                              f"{self.labels}: teacher and student must share the label set")
-        self.logit_cache = TeacherLogitCache(kd_cache, teacher) if teacher and kd_cache else None
+        self.logit_cache = TeacherLogitCache(self.kd.cache, self.kd.teacher) if self.kd and self.kd.cache else None
+
+    @override
+    def architecture_hparams(self) -> dict:
+        """The encoder as built (a pretrained folder's config, kept layers applied): the checkpoint brings the
+        weights, so neither the folder nor the deeper encoder is needed to reload."""
+        return {"bert_config": self.bert.cfg.to_dict(), "checkpoint_dir": None,
+                "student": asdict(replace(self.student_shape, keep_layers=None)),
+                "constrained_decoding": self.constrained_decoding}
 
     @property
     def teacher(self) -> TaggerModule | None:
@@ -162,24 +165,22 @@ class TaggerModule(BertTask, CompressionHooks, LightningModule):
         """Check, before any step, that the tokenizer's ids index the embedding table."""
         check_vocab_size(self.tokenizer, self.bert)
         if self.teacher is not None and self.teacher.tokenizer.get_vocab() != self.tokenizer.get_vocab():
-            raise ValueError(f"teacher {self.hparams.teacher!r} and student use different tokenizer "
+            raise ValueError(f"teacher {self.kd.teacher!r} and student use different tokenizer "
                              "vocabularies: the teacher's logits would be for other sub-tokens")
 
     def on_fit_start(self) -> None:
         """Print the exact parameter count; move the teacher to this device, frozen."""
-        if self.hparams.get("kd_hidden_weight") and self.teacher is None:  # (a reloaded student has no teacher)
-            raise ValueError(f"kd_hidden_weight {self.hparams.kd_hidden_weight} needs a teacher to train")
         if prepare_teacher(self, self.device) is not None:
             self.print(f"[kd] student {parameter_line(self)}; "
-                       f"teacher {self.hparams.teacher}: {parameter_line(self.teacher)}; "
-                       f"alpha {self.hparams.kd_alpha}, T {self.hparams.kd_temperature}")
+                       f"teacher {self.kd.teacher}: {parameter_line(self.teacher)}; "
+                       f"alpha {self.kd.alpha}, T {self.kd.temperature}")
 
     @override
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["hyper_parameters"] = self.resolved_hparams()
         checkpoint[TASK_KEY] = self.task_name
         self.save_tokenizer(checkpoint)
         self.save_compression(checkpoint)
-        save_kd(checkpoint)
 
     def on_train_epoch_end(self) -> None:
         """Write newly cached teacher logits to disk (every epoch, so an interrupted run keeps them)."""
@@ -213,10 +214,10 @@ class TaggerModule(BertTask, CompressionHooks, LightningModule):
 
     def training_loss(self, batch: dict[str, Tensor]) -> Tensor:
         """Mean loss over labelled sub-tokens (CE, or token-level `kd_loss` with a teacher), plus the
-        CRF's word-level sequence NLL when there is a CRF, plus `kd_hidden_weight` times the hidden-state
+        CRF's word-level sequence NLL when there is a CRF, plus `kd.hidden_weight` times the hidden-state
         alignment to the teacher."""
         hidden_loss = teacher_out = None
-        if self.hparams.get("kd_hidden_weight"):
+        if self.kd is not None and self.kd.hidden_weight and self.teacher is not None:
             inputs = (batch["input_ids"], batch["attention_mask"], batch["casing"])
             states = self.hidden_states(*inputs)
             logits = self.head(self.dropout(states[-1]))
@@ -230,14 +231,14 @@ class TaggerModule(BertTask, CompressionHooks, LightningModule):
             loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE)
         else:
             loss = kd_loss(logits, self.teacher_logits(batch) if teacher_out is None else teacher_out, batch["labels"],
-                           temperature=self.hparams.kd_temperature, alpha=self.hparams.kd_alpha, ignore_index=IGNORE)
+                           temperature=self.kd.temperature, alpha=self.kd.alpha, ignore_index=IGNORE)
         if self.crf is not None:
             first = first_subtoken_mask(batch["word_ids"])
             emissions, mask = pack_words(logits, first)
             tags, _ = pack_words(batch["labels"].clamp(min=0), first)
             loss = loss + self.crf.nll(emissions, tags, mask)
         if hidden_loss is not None:
-            loss = loss + self.hparams.kd_hidden_weight * hidden_loss
+            loss = loss + self.kd.hidden_weight * hidden_loss
         return loss
 
     def teacher_logits(self, batch: dict[str, Tensor]) -> Tensor:
@@ -254,7 +255,7 @@ class TaggerModule(BertTask, CompressionHooks, LightningModule):
     def predict_labels(self, logits: Tensor, word_ids: Tensor) -> Tensor:
         """Label ids (B, T) at the words' first sub-tokens: per-word argmax, or a Viterbi path over the
         words in valid IOB2 (CRF scores, or log-probabilities without a CRF)."""
-        if self.crf is None and not self.hparams.get("constrained_decoding"):
+        if self.crf is None and not self.constrained_decoding:
             return logits.argmax(-1)
         first = first_subtoken_mask(word_ids)
         emissions, mask = pack_words(logits if self.crf is not None else logits.log_softmax(-1), first)
@@ -324,7 +325,7 @@ class TaggerModule(BertTask, CompressionHooks, LightningModule):
         `documents` (a document number per sentence; None: all one document) gives a model
         trained with document context the neighbouring sentences of the same document.
         """
-        context = int(self.hparams.data_spec.get("context_tokens", 0))
+        context = self.data_spec.context_tokens
         encoder = SentenceEncoder(self.tokenizer, self.labels, self.max_length, context_tokens=context)
         documents = documents if documents is not None else [0] * len(sentences)
         examples = [e for i, words in enumerate(sentences)
@@ -340,30 +341,20 @@ class TaggerModule(BertTask, CompressionHooks, LightningModule):
         self.train(was_training)
         return predicted
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        """AdamW; biases and LayerNorm parameters are not decayed; gates get `gate_lr` if set; the
-        CRF's scores and (with `embedding_lr_scale` != 1) the word-embedding table train undecayed at
-        their scale times the (scheduled) rate."""
-        norms = {id(p) for m in self.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()}
-        gate_ids, gate_group = self.split_gate_parameters(self.hparams.get("gate_lr"))
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict:
+        """`core.optim.configure`; gates get `gates.lr` if set; the CRF's scores and (with `embedding_lr_scale`
+        != 1) the word-embedding table train undecayed at their scale times the (scheduled) rate."""
         scaled = []  # (parameters, scale) trained undecayed at their own multiple of the rate
         if self.crf is not None:
             scaled.append((list(self.crf.parameters()), float(self.hparams.crf_lr_scale)))
-        if (embedding_scale := float(self.hparams.get("embedding_lr_scale", 1.0))) != 1.0:
+        if (embedding_scale := float(self.hparams.embedding_lr_scale)) != 1.0:
             words = self.bert.embeddings.word_embeddings
             scaled.append(([getattr(words, "table", words).weight], embedding_scale))
-        scaled_groups = [{"params": params, "weight_decay": 0.0, "lr": self.hparams.lr * scale, "lr_scale": scale}
+        lr = self.optimizer_config.lr
+        scaled_groups = [{"params": params, "weight_decay": 0.0, "lr": lr * scale, "lr_scale": scale}
                          for params, scale in scaled]
-        separate = gate_ids | {id(p) for group in scaled_groups for p in group["params"]}
-        decay, no_decay = [], []
-        for name, p in self.named_parameters():
-            if id(p) not in separate:
-                (no_decay if name.endswith("bias") or id(p) in norms else decay).append(p)
-        return torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.hparams.weight_decay},
-             {"params": no_decay, "weight_decay": 0.0}, *gate_group, *scaled_groups],
-            lr=self.hparams.lr,
-        )
+        return configure(self, self.optimizer_config, self.scheduler_config, [*self.gate_groups(), *scaled_groups],
+                         self.trainer.callbacks if self._trainer is not None else ())
 
 
 def score_conll(module: TaggerModule, path: str | Path) -> dict[str, float]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from core.config import load_module
 from ner.conll import TAG_RE, Sentence, read_conll, to_iob2
 from ner.module import TaggerModule
 
@@ -55,9 +56,9 @@ def predict_file(
     """
     # Our own checkpoints hold NumPy RNG state (core.training.RNGStateCallback), which the
     # weights-only unpickler refuses; they are trusted files written by train.py.
-    model = TaggerModule.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False)
+    model = load_module(TaggerModule, checkpoint)
     if constrained is not None:
-        model.hparams.constrained_decoding = constrained
+        model.constrained_decoding = constrained
     sentences, has_gold = read_input(Path(input_path), fmt)
     if has_gold:  # unknown gold tags are an error, not a silent mis-score
         for s in sentences:

@@ -26,8 +26,7 @@ class TaggingTask(Task):
     eval_files = ("CoNLL file",)
     same_entries = ("tokenizer_json",)
     training_only_hparams = frozenset({
-        "lr", "weight_decay", "l0_lambda", "gate_lr", "crf_lr_scale", "embedding_lr_scale", "init_from",
-        "teacher", "kd_alpha", "kd_temperature", "kd_cache", "kd_hidden_weight", "checkpoint_dir",
+        "optimizer", "scheduler", "gates", "crf_lr_scale", "embedding_lr_scale", "init_from", "kd", "checkpoint_dir",
         "constrained_decoding",
         "crf",  # a CRF shows in the state-dict keys (crf.*), which must match anyway
         "tokenizer", "schemes",  # data_spec: tokenizer path (its content is `tokenizer_json`), source tag schemes

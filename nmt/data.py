@@ -16,7 +16,7 @@ from typing_extensions import override
 
 from core.batching import LengthBatchSampler, ResumableDataModule
 from core.data_dir import REPO_ROOT, resolve_data_dir
-from nmt.vocab import BOS_ID, EOS_ID, PAD_ID, Vocab, build_vocab
+from nmt.vocab import BOS_ID, EOS_ID, PAD_ID, Vocab, VocabSpec, build_vocab
 
 
 def read_parallel(src_path: Path, tgt_path: Path) -> tuple[list[str], list[str], int]:
@@ -128,9 +128,9 @@ class TranslationDataModule(ResumableDataModule):
         """Every file this datamodule reads (for the run record)."""
         return [p for name in self.split_names for p in self._files(name)]
 
-    def spec(self) -> dict:
+    def spec(self) -> VocabSpec:
         """What the model must agree with: vocabulary size and special ids."""
-        return {"vocab_size": self.vocab.size, "pad_id": PAD_ID, "bos_id": BOS_ID, "eos_id": EOS_ID}
+        return VocabSpec(vocab_size=self.vocab.size, pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID)
 
     @override
     def setup(self, stage: str | None = None) -> None:

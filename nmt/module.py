@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 
 import lightning as L
 import sacrebleu
@@ -12,23 +12,16 @@ from torch import nn
 from typing_extensions import override
 
 from compression.distill import kd_loss, teacher_logits
+from compression.gates import GateConfig
 from compression.spec import CompressionHooks
-from compression.student import (
-    attach_teacher,
-    check_kd_hparams,
-    get_teacher,
-    load_teacher,
-    parameter_line,
-    prepare_teacher,
-    save_kd,
-)
+from compression.student import KDConfig, attach_teacher, get_teacher, load_teacher, parameter_line, prepare_teacher
+from core.config import ResolvedConfig
+from core.optim import OptimizerConfig, SchedulerConfig, as_dataclass, configure
 from core.tasks import TASK_KEY
 from nmt.loss import label_smoothed_ce
 from nmt.model import Seq2SeqConfig, Seq2SeqTransformer
 from nmt.search import beam_search, greedy_search
-from nmt.vocab import Vocab
-
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+from nmt.vocab import Vocab, VocabSpec
 
 
 def corpus_scores(hyps: list[str], refs: list[str]) -> dict:
@@ -42,63 +35,68 @@ def corpus_scores(hyps: list[str], refs: list[str]) -> dict:
     }
 
 
-def _as_config(arch: Seq2SeqConfig | dict) -> Seq2SeqConfig:
-    """Hyper-parameters may come back from a checkpoint or a config as a plain mapping."""
-    return arch if isinstance(arch, Seq2SeqConfig) else Seq2SeqConfig(**dict(arch))
+@dataclass(frozen=True)
+class DecodingConfig:
+    """Beam search for validation (1 = greedy, cheaper per epoch) and test; length penalty and the
+    output length limit max_len_a * source length + max_len_b."""
+
+    val_beam_size: int = 1
+    test_beam_size: int = 5
+    length_penalty: float = 0.6
+    max_len_a: float = 1.2
+    max_len_b: int = 10
 
 
-class TranslationModule(CompressionHooks, L.LightningModule):
+class TranslationModule(ResolvedConfig, CompressionHooks, L.LightningModule):
     """Seq2seq transformer trained with label-smoothed cross-entropy.
 
     Args:
         arch: transformer architecture; vocabulary size and special ids come from the data.
-        optimizer: 'adam' or 'adamw'. lr is the base rate (schedule callbacks overwrite it).
+        data_spec: linked from the datamodule (`VocabSpec`).
+        optimizer / scheduler: `core.optim` (step schedules are callbacks and overwrite the rate).
         label_smoothing: epsilon of the smoothed target.
-        val_beam_size: beam used for validation BLEU (1 = greedy, cheaper per epoch).
-        test_beam_size / length_penalty / max_len_a / max_len_b: decoding for test.
+        decoding: beam sizes and length limits (`DecodingConfig`).
         num_samples: translations logged to TensorBoard per validation.
-        data_spec: linked from the datamodule (vocabulary size, special ids).
-        gate_types: attention types (encoder_self, decoder_self, decoder_cross) given hard-concrete
-            head gates at construction (gate fine-tuning).
-        l0_lambda: weight of the gates' L0 penalty added to the training loss (needs gates), or
-            {attention type: weight} to push some types harder (types left out: 0).
-        gate_lr: constant learning rate of the gates' log-alphas (own param group, no weight decay,
-            not touched by schedule callbacks); None trains them like every other parameter.
+        gates: hard-concrete head gates on attention types (encoder_self, decoder_self,
+            decoder_cross) and their L0 weight (`compression.gates.GateConfig`).
         init_from: checkpoint whose network weights (not optimizer state) start training; its
             compression (pruned heads, factorisation, sharing, gates) is rebuilt first.
-        teacher: checkpoint of a trained TranslationModule to distil from (word-level KD over the
-            target positions, padding excluded). It must have the same vocabulary (size and
-            SentencePiece models); it is frozen, in eval mode and not part of this module's
-            state dict or checkpoint (the saved `teacher` hyperparameter is dropped).
-        kd_alpha / kd_temperature: training loss with a teacher is
-            kd_alpha * T^2 * KL(teacher_T || student_T) + (1 - kd_alpha) * label-smoothed CE
-            (`compression.distill.kd_loss`, mean over real target tokens).
+        kd: word-level KD from a trained TranslationModule over the target positions, padding
+            excluded (`compression.student.KDConfig`; its CE side is label-smoothed). The teacher must
+            have the same vocabulary (size and SentencePiece models); it is frozen, in eval mode and
+            not part of this module's state dict or checkpoint.
 
     Compressed networks reload from their checkpoint alone (`compression.spec`).
     """
 
     task_name = "nmt"  # recorded in every checkpoint (`core.tasks`)
+    legacy_hparams = {k: ("decoding", k) for k in ("val_beam_size", "test_beam_size", "length_penalty",
+                                                    "max_len_a", "max_len_b")}
 
     def __init__(
-        self, arch: Seq2SeqConfig = Seq2SeqConfig(), optimizer: str = "adam", lr: float = 5e-4,
-        betas: tuple[float, float] = (0.9, 0.98), weight_decay: float = 0.0, label_smoothing: float = 0.1,
-        val_beam_size: int = 1, test_beam_size: int = 5, length_penalty: float = 0.6,
-        max_len_a: float = 1.2, max_len_b: int = 10, num_samples: int = 8, data_spec: dict | None = None,
-        gate_types: list[str] | None = None, l0_lambda: float | dict[str, float] = 0.0, init_from: str | None = None,
-        teacher: str | None = None, kd_alpha: float = 0.5, kd_temperature: float = 2.0,
-        gate_lr: float | None = None,
+        self, arch: Seq2SeqConfig = Seq2SeqConfig(), data_spec: VocabSpec | None = None,
+        optimizer: OptimizerConfig = OptimizerConfig(name="adam", lr=5e-4, betas=(0.9, 0.98)),
+        scheduler: SchedulerConfig | None = None, label_smoothing: float = 0.1,
+        decoding: DecodingConfig = DecodingConfig(), num_samples: int = 8, gates: GateConfig | None = None,
+        init_from: str | None = None, kd: KDConfig | None = None,
     ) -> None:
         super().__init__()
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"model.optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
         self.save_hyperparameters()
-        cfg = replace(_as_config(arch), **(data_spec or {}))
-        self.model = Seq2SeqTransformer(cfg)
+        self.optimizer_config = as_dataclass(OptimizerConfig, optimizer)
+        self.scheduler_config = as_dataclass(SchedulerConfig, scheduler)
+        self.decoding = as_dataclass(DecodingConfig, decoding)
+        self.kd: KDConfig | None = as_dataclass(KDConfig, kd)
+        if self.kd is not None and self.kd.teacher is None:  # KD settings without a teacher: plain training
+            self.kd = None
+        if self.kd is not None and (self.kd.hidden_weight or self.kd.cache):
+            raise ValueError("kd.hidden_weight and kd.cache are options of the BERT tasks, not of translation")
+        spec = as_dataclass(VocabSpec, data_spec)
+        arch = as_dataclass(Seq2SeqConfig, arch)
+        self.model = Seq2SeqTransformer(replace(arch, **asdict(spec)) if spec is not None else arch)
         self.vocab: Vocab | None = None
         self._outputs: list[tuple[str, str, str]] = []
-        self.setup_compression(gate_types, init_from, l0_lambda)
-        check_kd_hparams(kd_alpha, kd_temperature)
-        attach_teacher(self, load_teacher(TranslationModule, teacher) if teacher else None)
+        self.setup_compression(gates, init_from)
+        attach_teacher(self, load_teacher(TranslationModule, self.kd.teacher) if self.kd else None)
         self._check_teacher_vocab()
 
     @property
@@ -117,9 +115,9 @@ class TranslationModule(CompressionHooks, L.LightningModule):
                   if getattr(teacher.cfg, k) != getattr(self.cfg, k)}
         if differ:
             detail = ", ".join(f"{k}: teacher {a} vs student {b}" for k, (a, b) in differ.items())
-            raise ValueError(f"teacher {self.hparams.teacher!r} and student must share the vocabulary ({detail})")
+            raise ValueError(f"teacher {self.kd.teacher!r} and student must share the vocabulary ({detail})")
         if teacher.vocab is not None and self.vocab is not None and teacher.vocab.to_state() != self.vocab.to_state():
-            raise ValueError(f"teacher {self.hparams.teacher!r} and student have different SentencePiece "
+            raise ValueError(f"teacher {self.kd.teacher!r} and student have different SentencePiece "
                              "models: they must share the vocabulary")
 
     @override
@@ -145,8 +143,8 @@ class TranslationModule(CompressionHooks, L.LightningModule):
     def on_fit_start(self) -> None:
         if prepare_teacher(self, self.device) is not None:
             self.print(f"[kd] student {parameter_line(self.model)}; "
-                       f"teacher {self.hparams.teacher}: {parameter_line(self.teacher.model)}; "
-                       f"alpha {self.hparams.kd_alpha}, T {self.hparams.kd_temperature}")
+                       f"teacher {self.kd.teacher}: {parameter_line(self.teacher.model)}; "
+                       f"alpha {self.kd.alpha}, T {self.kd.temperature}")
 
     def training_loss(self, batch: dict) -> tuple[torch.Tensor, int]:
         """Per-token training loss (label-smoothed CE, or KD with a teacher) and the token count."""
@@ -154,8 +152,8 @@ class TranslationModule(CompressionHooks, L.LightningModule):
         ntokens = int((batch["tgt_out"] != self.cfg.pad_id).sum())
         if self.teacher is not None:
             t_logits = teacher_logits(self.teacher.model, batch["src"], batch["tgt_in"])
-            loss = kd_loss(logits, t_logits, batch["tgt_out"], temperature=self.hparams.kd_temperature,
-                           alpha=self.hparams.kd_alpha, ignore_index=self.cfg.pad_id,
+            loss = kd_loss(logits, t_logits, batch["tgt_out"], temperature=self.kd.temperature,
+                           alpha=self.kd.alpha, ignore_index=self.cfg.pad_id,
                            label_smoothing=self.hparams.label_smoothing)
             return loss, ntokens
         loss_sum, ntokens = label_smoothed_ce(logits, batch["tgt_out"], self.hparams.label_smoothing,
@@ -173,10 +171,10 @@ class TranslationModule(CompressionHooks, L.LightningModule):
 
     def translate(self, src: torch.Tensor, beam_size: int) -> list[list[int]]:
         """Token ids of the best translation for each source row."""
-        opts = dict(max_len_a=self.hparams.max_len_a, max_len_b=self.hparams.max_len_b)
+        opts = dict(max_len_a=self.decoding.max_len_a, max_len_b=self.decoding.max_len_b)
         if beam_size == 1:
             return greedy_search(self.model, src, **opts)
-        return beam_search(self.model, src, beam_size=beam_size, length_penalty=self.hparams.length_penalty,
+        return beam_search(self.model, src, beam_size=beam_size, length_penalty=self.decoding.length_penalty,
                            **opts)
 
     def _eval_step(self, batch: dict, stage: str, beam_size: int) -> None:
@@ -188,11 +186,11 @@ class TranslationModule(CompressionHooks, L.LightningModule):
 
     @override
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, "val", self.hparams.val_beam_size)
+        self._eval_step(batch, "val", self.decoding.val_beam_size)
 
     @override
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, "test", self.hparams.test_beam_size)
+        self._eval_step(batch, "test", self.decoding.test_beam_size)
 
     def _eval_epoch_end(self, stage: str) -> None:
         outputs, self._outputs = self._outputs, []
@@ -219,21 +217,15 @@ class TranslationModule(CompressionHooks, L.LightningModule):
         self._eval_epoch_end("test")
 
     @override
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        gate_ids, gate_group = self.split_gate_parameters(self.hparams.get("gate_lr"))
-        decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            if id(p) not in gate_ids:
-                (no_decay if p.dim() < 2 or "norm" in name else decay).append(p)
-        groups = [{"params": decay, "weight_decay": self.hparams.weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}, *gate_group]
-        return OPTIMIZERS[self.hparams.optimizer](groups, lr=self.hparams.lr, betas=self.hparams.betas)
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict:
+        return configure(self.model, self.optimizer_config, self.scheduler_config, self.gate_groups(),
+                         self.trainer.callbacks if self._trainer is not None else ())
 
     @override
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["hyper_parameters"] = self.resolved_hparams()
         checkpoint[TASK_KEY] = self.task_name
         self.save_compression(checkpoint)
-        save_kd(checkpoint)
         if self.vocab is not None:
             checkpoint["vocab"] = self.vocab.to_state()
 
@@ -241,7 +233,9 @@ class TranslationModule(CompressionHooks, L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         hparams = checkpoint.get("hyper_parameters", {})
         if "arch" in hparams:
-            saved = asdict(replace(_as_config(hparams["arch"]), **(hparams.get("data_spec") or {})))
+            spec = as_dataclass(VocabSpec, hparams.get("data_spec"))
+            saved = asdict(as_dataclass(Seq2SeqConfig, hparams["arch"]))
+            saved.update(asdict(spec) if spec is not None else {})
             differ = {k: (v, getattr(self.cfg, k)) for k, v in saved.items() if getattr(self.cfg, k) != v}
             if differ:
                 detail = ", ".join(f"{k}: checkpoint {a} vs config {b}" for k, (a, b) in differ.items())

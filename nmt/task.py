@@ -25,9 +25,7 @@ class TranslationTask(Task):
     eval_files = ("source text", "reference text")
     same_entries = ("vocab",)
     training_only_hparams = frozenset({
-        "lr", "optimizer", "betas", "weight_decay", "label_smoothing", "l0_lambda", "gate_lr", "init_from",
-        "teacher", "kd_alpha", "kd_temperature",
-        "val_beam_size", "test_beam_size", "length_penalty", "max_len_a", "max_len_b", "num_samples",
+        "optimizer", "scheduler", "label_smoothing", "gates", "init_from", "kd", "decoding", "num_samples",
     })
 
     def network(self, module: TranslationModule) -> nn.Module:

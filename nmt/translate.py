@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from core.config import load_module
 from nmt.data import PAD_ID
 from nmt.module import TranslationModule, corpus_scores
 from nmt.vocab import EOS_ID
@@ -26,7 +28,7 @@ def load_translator(ckpt: str | Path, map_location: str = "cpu") -> TranslationM
     path = Path(ckpt)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    module = TranslationModule.load_from_checkpoint(path, map_location=map_location, weights_only=False)
+    module = load_module(TranslationModule, path, map_location=map_location)
     if module.vocab is None:
         raise ValueError(f"checkpoint {path} holds no vocabulary; was it written by nmt.module.TranslationModule?")
     return module.eval()
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     module = load_translator(args.ckpt)
     if args.length_penalty is not None:
-        module.hparams.length_penalty = args.length_penalty
+        module.decoding = replace(module.decoding, length_penalty=args.length_penalty)
     if args.reference:
         result = evaluate_file(module, args.input, args.reference, args.beam)
         hyps = result.pop("hypotheses")

@@ -12,11 +12,22 @@ import io
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import sentencepiece as spm
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class VocabSpec:
+    """What a network must agree with in the data: vocabulary size and special ids."""
+
+    vocab_size: int
+    pad_id: int = PAD_ID
+    bos_id: int = BOS_ID
+    eos_id: int = EOS_ID
 NUM_SPECIALS = 4
 
 

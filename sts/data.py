@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -118,6 +118,16 @@ def tokenize(tokenizer: Tokenizer, sentences: list[str], max_length: int) -> dic
     return {"input_ids": input_ids, "attention_mask": mask}
 
 
+
+@dataclass(frozen=True)
+class SentenceSpec:
+    """What an encoder must agree with in the data: the tokenizer (None: the encoder's own folder), the
+    maximum length in sub-tokens and the STS languages of the validation dataloaders, in order."""
+
+    tokenizer: str | None = None
+    max_length: int = 128
+    languages: list[str] = field(default_factory=list)
+
 class SentenceDataModule(ResumableDataModule):
     """Training: indexed unlabelled sentences (or parallel pairs); validation: one STS file per language.
 
@@ -151,9 +161,10 @@ class SentenceDataModule(ResumableDataModule):
             self.targets += tgt
         self.sts = {lang: read_sts(path) for lang, path in (sts_files or {}).items()}
 
-    def spec(self) -> dict:
+    def spec(self) -> SentenceSpec:
         """What the module must agree with: the tokenizer and the STS languages."""
-        return {"tokenizer": self.tokenizer_path, "max_length": self.hparams.max_length, "languages": list(self.sts)}
+        return SentenceSpec(tokenizer=str(self.tokenizer_path), max_length=self.hparams.max_length,
+                            languages=list(self.sts))
 
     def data_files(self) -> list[Path]:
         """Every file read, for the run record."""

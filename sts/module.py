@@ -6,7 +6,7 @@ all-MiniLM-L6-v2; `pooling: cls` takes the [CLS] state instead), L2-normalised w
 Spearman x 100 between the cosine of the two embeddings and the gold score, logged as
 `val/spearman_<lang>`.
 
-Distillation (`teacher`: a HF BERT folder, encoded with the same pooling, or a
+Distillation (`kd: EmbeddingKD`; its `teacher` is a HF BERT folder, encoded with the same pooling, or a
 SentenceEncoderModule checkpoint) pulls the student's pooled embedding (before normalisation)
 to the teacher's: `mse_weight` * MSE + `cosine_weight` * (1 - cosine) (+ `similarity_weight` * MSE of the
 in-batch cosine matrices, the geometry STS reads), plus with
@@ -17,13 +17,14 @@ eval mode, so its embeddings of the training sentences are computed once (`teach
 set by `on_fit_start` or by the caller) and epochs cost only the student; hidden-state
 alignment needs the teacher in every step.
 
-Checkpoints are self-contained: the tokenizer JSON, the BERT config and the compression spec
-(pruned heads / FFN neurons) are stored, and the teacher path is dropped, so
-`SentenceEncoderModule.load_from_checkpoint(path, weights_only=False)` works alone.
+Checkpoints are self-contained: the tokenizer JSON, the resolved config (`core.config`: BERT
+config, no teacher) and the compression spec (pruned heads / FFN neurons) are stored, so
+`load_module(SentenceEncoderModule, path)` works alone.
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -35,14 +36,34 @@ from typing_extensions import override
 
 from compression.distill import freeze_teacher, hidden_state_loss
 from compression.spec import CompressionHooks
-from compression.student import attach_teacher, get_teacher, keep_bert_layers, save_kd
+from compression.student import attach_teacher, get_teacher, keep_bert_layers
 from core.bert import BertConfig, BertModel
 from core.bert_task import BertTask
+from core.config import ResolvedConfig, load_module
 from core.hf_import import check_vocab_size, default_checkpoint_dir, load_bert
+from core.optim import OptimizerConfig, SchedulerConfig, as_dataclass, configure
 from core.tasks import TASK_KEY
-from sts.data import tokenize
+from sts.data import SentenceSpec, tokenize
 
 POOLINGS = ("mean", "cls")
+
+
+@dataclass(frozen=True)
+class EmbeddingKD:
+    """Embedding distillation from `teacher` (a HF BERT folder or a SentenceEncoderModule checkpoint; None:
+    the caller attaches an in-memory teacher): mse_weight * MSE + cosine_weight * (1 - cosine) of the pooled
+    embeddings, + similarity_weight * MSE of the in-batch cosine matrices, + hidden_weight * MSE of aligned
+    hidden states."""
+
+    teacher: str | None = None
+    mse_weight: float = 1.0
+    cosine_weight: float = 1.0
+    hidden_weight: float = 0.0
+    similarity_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if min(self.mse_weight, self.cosine_weight, self.hidden_weight, self.similarity_weight) < 0:
+            raise ValueError("kd.mse_weight, kd.cosine_weight, kd.hidden_weight and kd.similarity_weight must be >= 0")
 
 
 def pool(hidden: Tensor, attention_mask: Tensor, pooling: str = "mean") -> Tensor:
@@ -75,54 +96,59 @@ def reinitialise(bert: BertModel) -> BertModel:
     return bert
 
 
-class SentenceEncoderModule(BertTask, CompressionHooks, LightningModule):
-    """BERT sentence encoder trained by embedding distillation and scored on STS.
+class SentenceEncoderModule(ResolvedConfig, BertTask, CompressionHooks, LightningModule):
+    """BERT sentence encoder trained by embedding distillation (`kd`) and scored on STS.
 
     `checkpoint_dir` is a HF BERT folder (None: the packaged all-MiniLM-L6-v2); `bert_config`
     builds that architecture with fresh weights instead (tiny tests, reloading our checkpoints).
     `keep_layers` (e.g. [0, 2, 4]) keeps only those encoder layers (DistilBERT-style layer
     dropping) at construction. `init_from` starts from a checkpoint's weights and shape.
+    `optimizer` / `scheduler` are `core.optim`'s.
     """
 
     task_name = "sts"  # recorded in every checkpoint (`core.tasks`)
 
     def __init__(
         self, checkpoint_dir: str | None = None, bert_config: dict | None = None, pooling: str = "mean",
-        normalize: bool = True, lr: float = 1e-4, weight_decay: float = 0.01, data_spec: dict | None = None,
-        teacher: str | None = None, mse_weight: float = 1.0, cosine_weight: float = 1.0, hidden_weight: float = 0.0,
-        similarity_weight: float = 0.0, keep_layers: list[int] | None = None, init_from: str | None = None,
+        normalize: bool = True, data_spec: SentenceSpec | None = None,
+        optimizer: OptimizerConfig = OptimizerConfig(name="adamw", lr=1e-4, weight_decay=0.01),
+        scheduler: SchedulerConfig | None = None, kd: EmbeddingKD | None = None, keep_layers: list[int] | None = None,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-        if min(mse_weight, cosine_weight, hidden_weight, similarity_weight) < 0:
-            raise ValueError("mse_weight, cosine_weight, hidden_weight and similarity_weight must be >= 0")
         self.save_hyperparameters()
-        spec = data_spec or {}
+        self.optimizer_config = as_dataclass(OptimizerConfig, optimizer)
+        self.scheduler_config = as_dataclass(SchedulerConfig, scheduler)
+        self.kd: EmbeddingKD = as_dataclass(EmbeddingKD, kd) or EmbeddingKD()  # the loss weights, teacher or not
+        spec = as_dataclass(SentenceSpec, data_spec) or SentenceSpec()
         if bert_config is None:
             folder = checkpoint_dir or str(default_checkpoint_dir())
             self.bert = load_bert(folder)
-            self.hparams["checkpoint_dir"] = folder
-            spec = {"tokenizer": folder, **spec}
+            spec = replace(spec, tokenizer=spec.tokenizer or folder)
         else:
             self.bert = BertModel(BertConfig.from_dict(bert_config))
+        self.data_spec: SentenceSpec = spec
         if keep_layers is not None:
             keep_bert_layers(self.bert, keep_layers)
-        # Written back so a checkpoint rebuilds the architecture without the folder.
-        self.hparams["bert_config"] = self.bert.cfg.to_dict()
-        self.hparams["data_spec"] = spec
-        self.max_length = int(spec.get("max_length", 128))
+        self.max_length = spec.max_length
         self.teacher_cache: Tensor | None = None
         self._val: dict[int, list[Tensor]] = {}
-        self.setup_compression(None, init_from, 0.0)
-        attach_teacher(self, self._load_teacher(teacher) if teacher else None)
+        self.init_compression(init_from)
+        attach_teacher(self, self._load_teacher(self.kd.teacher) if self.kd.teacher else None)
+
+    @override
+    def architecture_hparams(self) -> dict:
+        """The encoder as built (folder config, kept layers applied) and the resolved tokenizer."""
+        return {"bert_config": self.bert.cfg.to_dict(), "checkpoint_dir": None, "keep_layers": None,
+                "data_spec": asdict(self.data_spec)}
 
     def _load_teacher(self, path: str) -> SentenceEncoderModule:
         if Path(path).is_dir():
             teacher = SentenceEncoderModule(checkpoint_dir=path, pooling=self.hparams.pooling)
         elif Path(path).is_file():
-            teacher = SentenceEncoderModule.load_from_checkpoint(path, map_location="cpu", weights_only=False,
-                                                                 teacher=None)
+            teacher = load_module(SentenceEncoderModule, path, kd=None)
         else:
             raise ValueError(f"teacher {path!r} is neither a HF BERT folder nor a checkpoint file")
         return freeze_teacher(teacher)
@@ -139,11 +165,10 @@ class SentenceEncoderModule(BertTask, CompressionHooks, LightningModule):
 
     @override
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["hyper_parameters"] = self.resolved_hparams()
         checkpoint[TASK_KEY] = self.task_name
         self.save_tokenizer(checkpoint)
         self.save_compression(checkpoint)
-        save_kd(checkpoint)
-        checkpoint["hyper_parameters"] = {**checkpoint.get("hyper_parameters", {}), "keep_layers": None}
 
     @override
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -194,20 +219,20 @@ class SentenceEncoderModule(BertTask, CompressionHooks, LightningModule):
         """mse_weight * MSE + cosine_weight * mean(1 - cosine) between (B, d) embeddings, plus
         similarity_weight * MSE between the in-batch cosine matrices (B, B) of student and teacher:
         STS reads only cosines between sentences, so this term trains exactly that geometry."""
-        loss = student.new_zeros(())
-        if self.hparams.mse_weight:
-            loss = loss + self.hparams.mse_weight * F.mse_loss(student, teacher)
-        if self.hparams.cosine_weight:
-            loss = loss + self.hparams.cosine_weight * (1 - F.cosine_similarity(student, teacher, dim=-1)).mean()
-        if self.hparams.similarity_weight:
-            loss = loss + self.hparams.similarity_weight * F.mse_loss(cosine_matrix(student), cosine_matrix(teacher))
+        loss, kd = student.new_zeros(()), self.kd
+        if kd.mse_weight:
+            loss = loss + kd.mse_weight * F.mse_loss(student, teacher)
+        if kd.cosine_weight:
+            loss = loss + kd.cosine_weight * (1 - F.cosine_similarity(student, teacher, dim=-1)).mean()
+        if kd.similarity_weight:
+            loss = loss + kd.similarity_weight * F.mse_loss(cosine_matrix(student), cosine_matrix(teacher))
         return loss
 
     def _teacher_targets(self, batch: dict[str, Tensor]) -> tuple[Tensor, list[Tensor] | None]:
         teacher = self.teacher
         if teacher is None:
-            raise ValueError("SentenceEncoderModule needs a `teacher` to train (embedding distillation)")
-        if self.hparams.hidden_weight or self.teacher_cache is None:
+            raise ValueError("SentenceEncoderModule needs a teacher (kd.teacher) to train: embedding distillation")
+        if self.kd.hidden_weight or self.teacher_cache is None:
             with torch.no_grad():
                 pooled, states = teacher.embed(batch["input_ids"], batch["attention_mask"], hidden=True)
             return pooled, states
@@ -218,9 +243,8 @@ class SentenceEncoderModule(BertTask, CompressionHooks, LightningModule):
         target, teacher_states = self._teacher_targets(batch)
         pooled, states = self.embed(batch["input_ids"], batch["attention_mask"], hidden=True)
         loss = self.distill_loss(pooled, target)
-        if teacher_states is not None and self.hparams.hidden_weight:
-            loss = loss + self.hparams.hidden_weight * hidden_state_loss(states, teacher_states,
-                                                                        batch["attention_mask"])
+        if teacher_states is not None and self.kd.hidden_weight:
+            loss = loss + self.kd.hidden_weight * hidden_state_loss(states, teacher_states, batch["attention_mask"])
         if "target_input_ids" in batch:
             loss = loss + self.distill_loss(self.embed(batch["target_input_ids"], batch["target_attention_mask"]),
                                             target)
@@ -234,7 +258,7 @@ class SentenceEncoderModule(BertTask, CompressionHooks, LightningModule):
 
     @override
     def on_validation_epoch_end(self) -> None:
-        languages = self.hparams.data_spec.get("languages") or [str(i) for i in sorted(self._val)]
+        languages = self.data_spec.languages or [str(i) for i in sorted(self._val)]
         scores = {}
         for i, rows in sorted(self._val.items()):
             both = torch.cat(rows, dim=1)
@@ -244,14 +268,10 @@ class SentenceEncoderModule(BertTask, CompressionHooks, LightningModule):
             self.log_dict(scores)
             self.log("hp_metric", next(iter(scores.values())))
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        """AdamW; biases and LayerNorm parameters are not decayed."""
-        norms = {id(p) for m in self.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()}
-        decay, no_decay = [], []
-        for name, p in self.named_parameters():
-            (no_decay if name.endswith("bias") or id(p) in norms else decay).append(p)
-        return torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
-                                  {"params": no_decay, "weight_decay": 0.0}], lr=self.hparams.lr)
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict:
+        """`core.optim.configure` over the encoder."""
+        return configure(self, self.optimizer_config, self.scheduler_config,
+                         callbacks=self.trainer.callbacks if self._trainer is not None else ())
 
 
 def check_same_tokenizer(teacher: SentenceEncoderModule | None, student: SentenceEncoderModule) -> None:

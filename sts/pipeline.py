@@ -40,10 +40,11 @@ from compression.ranking import keep_per_layer, layers_to_drop
 from compression.student import attach_teacher
 from core.bert import BertConfig
 from core.hf_import import default_checkpoint_dir
+from core.optim import OptimizerConfig
 from core.schedules import TriangleSchedule
 from core.training import git_commit, save_module_checkpoint
 from sts.data import SentenceDataModule, read_sts
-from sts.module import SentenceEncoderModule, evaluate_sts, reinitialise, sts_regression_loss
+from sts.module import EmbeddingKD, SentenceEncoderModule, evaluate_sts, reinitialise, sts_regression_loss
 from sts.timing import equal_speed_comparison, equal_speed_lines, sentence_batches
 
 log = logging.getLogger(__name__)
@@ -230,11 +231,11 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     dm = SentenceDataModule(cfg.train_files, cfg.sts_files, tokenizer=teacher_dir, max_sentences=cfg.max_sentences,
                             max_length=cfg.max_length, batch_size=cfg.batch_size, seed=cfg.seed)
     spec = dm.spec()
+    kd = EmbeddingKD(mse_weight=cfg.mse_weight, cosine_weight=cfg.cosine_weight, hidden_weight=cfg.hidden_weight,
+                     similarity_weight=cfg.similarity_weight)  # the teacher is attached in memory
+    optimizer = OptimizerConfig(name="adamw", lr=cfg.peak_lr, weight_decay=0.01)
     new = lambda **kw: SentenceEncoderModule(checkpoint_dir=teacher_dir, data_spec=spec, pooling=cfg.pooling,  # noqa: E731
-                                             lr=cfg.peak_lr,
-                                             mse_weight=cfg.mse_weight, cosine_weight=cfg.cosine_weight,
-                                             hidden_weight=cfg.hidden_weight,
-                                             similarity_weight=cfg.similarity_weight, **kw)
+                                             optimizer=optimizer, kd=kd, **kw)
     teacher = new()
     report: dict = {"title": "STS prune-then-distil", "config": asdict(cfg), "git_commit": git_commit(),
                     "languages": list(dm.sts), "latency_batch_sizes": cfg.latency_batch_sizes,

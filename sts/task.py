@@ -24,8 +24,8 @@ class SentenceEncodingTask(Task):
     eval_files = ("STS CSV (sentence1,sentence2,score)",)
     same_entries = ("tokenizer_json",)
     training_only_hparams = frozenset({
-        "lr", "weight_decay", "teacher", "mse_weight", "cosine_weight", "hidden_weight", "similarity_weight",
-        "init_from", "checkpoint_dir", "keep_layers", "tokenizer", "max_length", "languages",
+        "optimizer", "scheduler", "kd", "init_from", "checkpoint_dir", "keep_layers", "tokenizer", "max_length",
+        "languages",
     })
 
     def scoring_batches(self, module: SentenceEncoderModule, files: Sequence[Path], limit: int,

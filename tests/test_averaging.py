@@ -27,7 +27,7 @@ def taggers(tokenizer_file: Path, tmp_path: Path) -> list[Path]:
     """Two tiny tagger checkpoints with different weights (seeds 0 and 1)."""
     paths = [tmp_path / "a.ckpt", tmp_path / "b.ckpt"]
     for seed, path in enumerate(paths):
-        save_like_lightning(tiny_tagger(tokenizer_file, seed=seed, lr=1e-4 * (seed + 1)), path)
+        save_like_lightning(tiny_tagger(tokenizer_file, seed=seed, optimizer={"lr": 1e-4 * (seed + 1)}), path)
     return paths
 
 
@@ -57,7 +57,7 @@ def test_weighted_mean_is_exact_and_reloads(taggers: list[Path], tmp_path: Path)
     a, b = (torch.load(p, weights_only=False)["state_dict"] for p in taggers)
     soup = average_checkpoints(taggers, [0.25, 0.75])
     assert soup["averaged_from"]["weights"] == [0.25, 0.75]
-    assert soup["hyper_parameters"]["lr"] == pytest.approx(1e-4)  # the first file's dict
+    assert soup["hyper_parameters"]["optimizer"]["lr"] == pytest.approx(1e-4)  # the first file's dict
     for key in CHECKED:
         assert not torch.allclose(a[key], b[key])
         assert torch.allclose(soup["state_dict"][key], 0.25 * a[key] + 0.75 * b[key], atol=1e-7)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
@@ -119,7 +120,7 @@ def test_compressed_gated_tagger_reloads_from_checkpoint_alone(tokenizer_file: P
 
 
 def test_gates_from_gate_types_survive_pruning_and_reload(tmp_path: Path) -> None:
-    module = nmt_module(gate_types=["encoder_self", "decoder_cross"], l0_lambda=0.01)
+    module = nmt_module(gates={"types": ["encoder_self", "decoder_cross"], "l0_lambda": 0.01})
     assert sorted(attached_gates(module.model)) == ["decoder_cross", "encoder_self"]
     prune_model(module.model, {"encoder_self": [[1, 2, 3], [0]]})  # gates are sliced along
     randomise_gates(module.model)
@@ -137,14 +138,14 @@ def test_gates_from_gate_types_survive_pruning_and_reload(tmp_path: Path) -> Non
 # --- L0 in the training loss --------------------------------------------------------------------
 
 def test_l0_term_adds_exactly_lambda_times_penalty(tokenizer_file: Path) -> None:
-    cases = [(nmt_module(gate_types=["encoder_self", "decoder_cross"], l0_lambda=0.05), nmt_batch()),
-             (tagger(tokenizer_file, gate_types=["bert_self"], l0_lambda=0.05), ner_batch())]
+    cases = [(nmt_module(gates={"types": ["encoder_self", "decoder_cross"], "l0_lambda": 0.05}), nmt_batch()),
+             (tagger(tokenizer_file, gates={"types": ["bert_self"], "l0_lambda": 0.05}), ner_batch())]
     for module, batch in cases:
         randomise_gates(module.compressible_network())
         module.train()
         torch.manual_seed(3)  # same gate samples in both passes
         with_l0 = module.training_step(batch, 0)
-        module.hparams.l0_lambda = 0.0
+        module.gate_config = replace(module.gate_config, l0_lambda=0.0)
         torch.manual_seed(3)
         without = module.training_step(batch, 0)
         penalty = l0_penalty(attached_gates(module.compressible_network()))
@@ -154,12 +155,12 @@ def test_l0_term_adds_exactly_lambda_times_penalty(tokenizer_file: Path) -> None
 
 def test_l0_lambda_per_type_weights_each_penalty() -> None:
     weights = {"encoder_self": 0.02, "decoder_self": 0.3, "decoder_cross": 0.0}
-    module = nmt_module(gate_types=["encoder_self", "decoder_self", "decoder_cross"], l0_lambda=weights)
+    module = nmt_module(gates={"types": ["encoder_self", "decoder_self", "decoder_cross"], "l0_lambda": weights})
     randomise_gates(module.model)
     module.train()
     torch.manual_seed(3)
     with_l0 = module.training_step(nmt_batch(), 0)
-    module.hparams.l0_lambda = 0.0
+    module.gate_config = replace(module.gate_config, l0_lambda=0.0)
     torch.manual_seed(3)
     without = module.training_step(nmt_batch(), 0)
     gates = attached_gates(module.model)
@@ -167,7 +168,7 @@ def test_l0_lambda_per_type_weights_each_penalty() -> None:
     torch.testing.assert_close(with_l0 - without, expected, atol=1e-6, rtol=0)
     # each type's weight reaches only its own gates' log-alphas
     module.zero_grad()
-    module.hparams.l0_lambda = weights
+    module.gate_config = replace(module.gate_config, l0_lambda=weights)
     module.l0_term().backward()
     assert all(g.log_alpha.grad is None or not g.log_alpha.grad.any() for g in gates["decoder_cross"])
     assert all(g.log_alpha.grad.abs().sum() > 0 for g in gates["encoder_self"] + gates["decoder_self"])
@@ -175,19 +176,18 @@ def test_l0_lambda_per_type_weights_each_penalty() -> None:
 
 def test_l0_lambda_errors() -> None:
     with pytest.raises(ValueError, match="l0_lambda must be >= 0"):
-        nmt_module(l0_lambda=-0.1)
+        nmt_module(gates={"types": ["encoder_self"], "l0_lambda": -0.1})
     with pytest.raises(ValueError, match=r"l0_lambda must be >= 0 for every attention type, got \{'decoder_self'"):
-        nmt_module(gate_types=["decoder_self"], l0_lambda={"decoder_self": -1.0})
+        nmt_module(gates={"types": ["decoder_self"], "l0_lambda": {"decoder_self": -1.0}})
     with pytest.raises(ValueError, match="unknown attention type"):
-        nmt_module(gate_types=["encoder_self"], l0_lambda={"encoder_cross": 0.1})
-    ungated = nmt_module(gate_types=["encoder_self"], l0_lambda={"encoder_self": 0.1, "decoder_self": 0.1})
+        nmt_module(gates={"types": ["encoder_self"], "l0_lambda": {"encoder_cross": 0.1}})
+    ungated = nmt_module(gates={"types": ["encoder_self"], "l0_lambda": {"encoder_self": 0.1, "decoder_self": 0.1}})
     with pytest.raises(ValueError, match=r"l0_lambda > 0 for \['decoder_self'\] but those types have no head gates"):
         ungated.training_step(nmt_batch(), 0)
-    module = nmt_module(l0_lambda=0.1)
-    with pytest.raises(ValueError, match="no head gates are attached: set gate_types"):
-        module.training_step(nmt_batch(), 0)
+    with pytest.raises(ValueError, match="gates.types must name at least one attention type"):
+        nmt_module(gates={"l0_lambda": 0.1})
     with pytest.raises(ValueError, match="unknown attention type"):
-        nmt_module(gate_types=["encoder_cross"])
+        nmt_module(gates={"types": ["encoder_cross"]})
 
 
 # --- clear errors instead of size mismatches --------------------------------------------------
@@ -221,8 +221,8 @@ def test_init_from_compressed_checkpoint_then_gate_fine_tune(tmp_path: Path) -> 
     compress_nmt(source)
     save_like_lightning(source, tmp_path / "converged.ckpt")
 
-    student = nmt_module(seed=9, init_from=str(tmp_path / "converged.ckpt"), gate_types=["encoder_self"],
-                         l0_lambda=0.05)
+    student = nmt_module(seed=9, init_from=str(tmp_path / "converged.ckpt"),
+                         gates={"types": ["encoder_self"], "l0_lambda": 0.05})
     assert compression_spec(student.model) == {**compression_spec(source.model), "gates": ["encoder_self"]}
     # gates start open (eval value 1): the gated student computes what the converged model does
     torch.testing.assert_close(nmt_out(student), nmt_out(source), atol=1e-6, rtol=0)
@@ -249,14 +249,14 @@ def test_trainer_resume_of_compressed_gated_checkpoint(tmp_path: Path) -> None:
     loader = DataLoader([nmt_batch()] * 4, batch_size=None)
     opts = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                 enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0)
-    module = nmt_module(gate_types=["encoder_self"], l0_lambda=0.05)
+    module = nmt_module(gates={"types": ["encoder_self"], "l0_lambda": 0.05})
     compress_nmt(module)
     trainer = L.Trainer(max_steps=1, **opts)
     trainer.fit(module, loader)
     assert "train/l0" in trainer.callback_metrics and "train/heads_open_encoder_self" in trainer.callback_metrics
     trainer.save_checkpoint(tmp_path / "step1.ckpt")
 
-    fresh = nmt_module(seed=7, gate_types=["encoder_self"], l0_lambda=0.05)  # dense, as train.py builds it
+    fresh = nmt_module(seed=7, gates={"types": ["encoder_self"], "l0_lambda": 0.05})  # dense, as train.py builds it
     resumed = L.Trainer(max_steps=2, **opts)
     resumed.fit(fresh, loader, ckpt_path=tmp_path / "step1.ckpt")
     assert resumed.global_step == 2

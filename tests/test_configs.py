@@ -22,11 +22,14 @@ from jsonargparse import Namespace
 
 import core.cli
 import prune_distill
+from core.sweep import load_sweep
 from sts.pipeline import PipelineConfig
 
 CONFIGS = REPO / "configs"
 STS_CONFIGS = sorted((CONFIGS / "sts").glob("*.yaml"))
-CLI_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml") if p not in STS_CONFIGS)
+SWEEPS = sorted(CONFIGS.rglob("*_sweep.yaml"))
+STS_CONFIGS = [p for p in STS_CONFIGS if p not in SWEEPS]
+CLI_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml") if p not in STS_CONFIGS and p not in SWEEPS)
 
 
 def _rel(path: Path) -> str:
@@ -131,3 +134,19 @@ def test_misspelled_key_is_refused(parse_cli, tmp_path, old, new):
     bad.write_text(text.replace(old, new), encoding="utf-8")
     with pytest.raises(ArgumentError, match=new.rstrip(":")):
         parse_cli(["--config", str(bad)])
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=_rel)
+def test_every_sweep_run_parses_with_its_overrides(path, parse_cli):
+    sweep = load_sweep(path)
+    for run, overrides in sweep.runs.items():
+        if path.parent.name == "sts":  # a pipeline sweep: each override lands in the PipelineConfig
+            config = prune_distill.parse(["--sweep", str(path), "--run", run])
+            assert {k: getattr(config, k) for k in overrides} == overrides, run
+            continue
+        config = parse_cli(["--sweep", str(path), "--run", run])
+        assert config.trainer.logger.init_args.name == f"{sweep.logger_name}_{run}"
+        for key, value in overrides.items():
+            parsed = config.get(key)
+            parsed = vars(parsed) if isinstance(parsed, Namespace) else parsed
+            assert {k: v for k, v in parsed.items() if k in value} == value, f"{run}: {key}"

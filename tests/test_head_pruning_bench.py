@@ -47,10 +47,10 @@ def schedule_step(module, optimizer: torch.optim.Optimizer, step: int) -> None:
 @pytest.mark.parametrize("task", ["nmt", "ner"])
 def test_gate_lr_is_its_own_constant_group_untouched_by_schedules(task, tokenizer_file) -> None:
     if task == "nmt":
-        module = nmt_module(gate_types=["encoder_self", "decoder_cross"], l0_lambda=0.1, gate_lr=0.05,
-                            weight_decay=0.01)
+        module = nmt_module(gates={"types": ["encoder_self", "decoder_cross"], "l0_lambda": 0.1, "lr": 0.05},
+                            optimizer={"name": "adam", "weight_decay": 0.01})
     else:
-        module = TaggerModule(bert_config=BERT, gate_types=["bert_self"], l0_lambda=0.1, gate_lr=0.05,
+        module = TaggerModule(bert_config=BERT, gates={"types": ["bert_self"], "l0_lambda": 0.1, "lr": 0.05},
                               data_spec={"labels": ["O", "B-PER", "I-PER"], "tokenizer": str(tokenizer_file)})
     optimizer = module.configure_optimizers()
     groups = optimizer.param_groups
@@ -76,16 +76,16 @@ def test_gate_lr_is_its_own_constant_group_untouched_by_schedules(task, tokenize
 
 
 def test_without_gate_lr_gates_follow_the_schedule() -> None:
-    module = nmt_module(gate_types=["encoder_self"], l0_lambda=0.1)
+    module = nmt_module(gates={"types": ["encoder_self"], "l0_lambda": 0.1})
     optimizer = module.configure_optimizers()
     assert len(optimizer.param_groups) == 2
     schedule_step(module, optimizer, 50)
     assert len({g["lr"] for g in optimizer.param_groups}) == 1
 
 
-def test_gate_lr_must_be_positive() -> None:
-    with pytest.raises(ValueError, match="gate_lr must be > 0"):
-        nmt_module(gate_types=["encoder_self"], gate_lr=0.0).configure_optimizers()
+def test_gates_lr_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="gates.lr must be > 0"):
+        nmt_module(gates={"types": ["encoder_self"], "lr": 0.0})
 
 
 def test_scratch_init_has_pruned_layout_and_fresh_dense_weights(tmp_path: Path) -> None:
@@ -107,7 +107,7 @@ def test_scratch_init_has_pruned_layout_and_fresh_dense_weights(tmp_path: Path) 
 
 def test_scratch_init_refuses_gated_models() -> None:
     with pytest.raises(ValueError, match="without gates"):
-        scratch_init(nmt_module(gate_types=["encoder_self"]))
+        scratch_init(nmt_module(gates={"types": ["encoder_self"]}))
 
 
 def test_curve_prunes_each_fraction_taylor_and_random() -> None:

@@ -34,9 +34,9 @@ def batches() -> list[dict[str, torch.Tensor]]:
 
 
 def test_cached_kd_loss_equals_live_teacher_kd_loss(tokenizer_file: Path, teacher_ckpt: Path, tmp_path: Path) -> None:
-    live = tagger(tokenizer_file, STUDENT_BERT, seed=1, teacher=str(teacher_ckpt), kd_alpha=0.7)
-    cached = tagger(tokenizer_file, STUDENT_BERT, seed=1, teacher=str(teacher_ckpt), kd_alpha=0.7,
-                    kd_cache=str(tmp_path / "cache"))
+    live = tagger(tokenizer_file, STUDENT_BERT, seed=1, kd={"teacher": str(teacher_ckpt), "alpha": 0.7})
+    cached = tagger(tokenizer_file, STUDENT_BERT, seed=1,
+                    kd={"teacher": str(teacher_ckpt), "alpha": 0.7, "cache": str(tmp_path / "cache")})
     first, second = batches()
     torch.testing.assert_close(cached.training_loss(first), live.training_loss(first))  # miss: fills the cache
     assert (cached.logit_cache.misses, cached.logit_cache.hits) == (2, 0)
@@ -45,15 +45,15 @@ def test_cached_kd_loss_equals_live_teacher_kd_loss(tokenizer_file: Path, teache
     cached.logit_cache.save()
 
     # A new run with the same teacher file reads the logits from disk; the teacher never runs.
-    again = tagger(tokenizer_file, STUDENT_BERT, seed=1, teacher=str(teacher_ckpt), kd_alpha=0.7,
-                   kd_cache=str(tmp_path / "cache"))
+    again = tagger(tokenizer_file, STUDENT_BERT, seed=1,
+                    kd={"teacher": str(teacher_ckpt), "alpha": 0.7, "cache": str(tmp_path / "cache")})
     again.teacher.forward = None  # calling the teacher would now fail
     torch.testing.assert_close(again.training_loss(second), live.training_loss(second))
     assert (again.logit_cache.hits, again.logit_cache.misses) == (2, 0)
 
 
 def test_cache_is_per_teacher_file_and_survives_fit(tokenizer_file: Path, teacher_ckpt: Path, tmp_path: Path) -> None:
-    student = tagger(tokenizer_file, STUDENT_BERT, teacher=str(teacher_ckpt), kd_cache=str(tmp_path / "cache"))
+    student = tagger(tokenizer_file, STUDENT_BERT, kd={"teacher": str(teacher_ckpt), "cache": str(tmp_path / "cache")})
     L.Trainer(**FIT).fit(student, DataLoader(batches(), batch_size=None))
     files = list((tmp_path / "cache").glob("teacher-*.safetensors"))
     assert [f.name for f in files] == [student.logit_cache.path.name]
@@ -78,8 +78,8 @@ def test_student_from_teacher_layers_reloads_from_its_checkpoint_alone(
 ) -> None:
     teacher = TaggerModule.load_from_checkpoint(teacher_ckpt, weights_only=False)
     student = tagger(tokenizer_file, {**BERT, "num_hidden_layers": 3}, casing=True, init_from=str(teacher_ckpt),
-                     keep_layers=[0, 2], factorize_embedding_rank=4, teacher=str(teacher_ckpt))
-    assert len(student.bert.layers) == 2 and student.hparams["bert_config"]["num_hidden_layers"] == 2
+                     student={"keep_layers": [0, 2], "factorize_embedding_rank": 4}, kd={"teacher": str(teacher_ckpt)})
+    assert len(student.bert.layers) == 2 and student.resolved_hparams()["bert_config"]["num_hidden_layers"] == 2
     for mine, theirs in ((0, 0), (1, 2)):
         for p, q in zip(student.bert.layers[mine].parameters(), teacher.bert.layers[theirs].parameters(),
                         strict=True):
@@ -104,7 +104,7 @@ def test_student_from_teacher_layers_reloads_from_its_checkpoint_alone(
 @pytest.mark.parametrize("keep", [[], [0, 0], [3]])
 def test_bad_keep_layers_is_a_clear_error(tokenizer_file: Path, keep: list[int]) -> None:
     with pytest.raises(ValueError, match=r"keep_layers must list distinct layer indices in \[0, 1\]"):
-        tagger(tokenizer_file, keep_layers=keep)
+        tagger(tokenizer_file, student={"keep_layers": keep})
 
 
 def test_factorised_tagger_like_the_benchmark_row_reloads_alone(tokenizer_file: Path, tmp_path: Path) -> None:

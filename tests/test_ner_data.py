@@ -206,7 +206,7 @@ def test_empty_split_and_unknown_dev_tag_are_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"dev split .*eng.testa has no sentences"):
         CoNLLDataModule(dir=str(small_corpus(tmp_path / "a", dev="\n-DOCSTART- O\n\n"))).spec()
     dm = CoNLLDataModule(dir=str(small_corpus(tmp_path / "b", dev="Monday B-DATE\n")))
-    assert dm.spec()["labels"] == LABELS
+    assert dm.spec().labels == LABELS
     with pytest.raises(ValueError, match=r"eng.testa:1: tags \['B-DATE'\] are not among the model's labels"):
         dm.setup("fit")
 
@@ -214,7 +214,7 @@ def test_empty_split_and_unknown_dev_tag_are_errors(tmp_path: Path) -> None:
 def test_data_module_batches(tmp_path: Path) -> None:
     dm = CoNLLDataModule(dir=str(small_corpus(tmp_path)), batch_size=1)
     spec = dm.spec()
-    assert spec["schemes"] == {"train": "IOB2", "dev": "IOB2", "test": "IOB2"}
+    assert spec.schemes == {"train": "IOB2", "dev": "IOB2", "test": "IOB2"}
     dm.setup("fit")
     batches = list(dm.train_dataloader())
     assert len(batches) == 2
@@ -280,7 +280,7 @@ def test_context_never_exceeds_max_length(tokenizer) -> None:
 
 def test_data_module_context_uses_neighbouring_sentences(tmp_path: Path) -> None:
     dm = CoNLLDataModule(dir=str(small_corpus(tmp_path)), batch_size=1, context_tokens=8)
-    assert dm.spec()["context_tokens"] == 8
+    assert dm.spec().context_tokens == 8
     dm.setup("fit")
     first, second = dm.examples["train"]
     assert [w for w in first.word_ids if w is not None] == [0, 1, 2]

@@ -85,7 +85,8 @@ def test_tiny_tagger_overfits_then_reloads_identically(tiny: dict, tmp_path: Pat
     tokenizer_file = shutil.copy(tiny["tokenizer"], tmp_path / "tokenizer.json")
     dm = CoNLLDataModule(dir=str(tiny["root"]), tokenizer=str(tokenizer_file), batch_size=8)
     L.seed_everything(0)
-    model = TaggerModule(bert_config=tiny["config"], dropout=0.0, weight_decay=0.0, data_spec=dm.spec(), crf=crf)
+    model = TaggerModule(bert_config=tiny["config"], dropout=0.0, optimizer={"weight_decay": 0.0}, data_spec=dm.spec(),
+                         crf=crf)
     trainer = quiet_trainer(max_steps=400, limit_val_batches=0, num_sanity_val_steps=0,
                             callbacks=[TriangleSchedule(peak_lr=3e-3, warmup=0.1)])
     trainer.fit(model, dm)
@@ -134,7 +135,8 @@ def test_swa_averages_the_whole_tagger_not_its_teacher(tiny: dict, tmp_path: Pat
     L.seed_everything(0)
     teacher_path = tmp_path / "teacher.ckpt"
     save_like_lightning(TaggerModule(bert_config=tiny["config"], casing=True, data_spec=dm.spec()), teacher_path)
-    model = TaggerModule(bert_config=tiny["config"], casing=True, data_spec=dm.spec(), teacher=str(teacher_path))
+    model = TaggerModule(bert_config=tiny["config"], casing=True, data_spec=dm.spec(),
+                         kd={"teacher": str(teacher_path)})
     snaps = _EpochSnapshots()
     quiet_trainer(max_epochs=4, limit_val_batches=0, num_sanity_val_steps=0,
                   callbacks=[TriangleSchedule(peak_lr=3e-3, warmup=1), snaps, SWA(last_fraction=0.5)]).fit(model, dm)
@@ -172,7 +174,7 @@ def test_casing_embedding_starts_as_a_no_op(tiny_tokenizer: Path) -> None:
 
 def test_no_weight_decay_on_bias_and_layernorm(tiny_tokenizer: Path) -> None:
     spec = {"labels": ["O", "B-PER", "I-PER"], "tokenizer": str(tiny_tokenizer)}
-    model = TaggerModule(bert_config=tiny_bert_config(120), weight_decay=0.01, data_spec=spec)
+    model = TaggerModule(bert_config=tiny_bert_config(120), optimizer={"weight_decay": 0.01}, data_spec=spec)
     decay, no_decay = model.configure_optimizers().param_groups
     names = {id(p): n for n, p in model.named_parameters()}
     assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
@@ -184,7 +186,8 @@ def test_no_weight_decay_on_bias_and_layernorm(tiny_tokenizer: Path) -> None:
 
 def test_crf_scores_train_undecayed_at_a_scaled_rate(tiny_tokenizer: Path) -> None:
     spec = {"labels": ["O", "B-PER", "I-PER"], "tokenizer": str(tiny_tokenizer)}
-    model = TaggerModule(bert_config=tiny_bert_config(120), data_spec=spec, lr=1e-4, crf=True, crf_lr_scale=50.0)
+    model = TaggerModule(bert_config=tiny_bert_config(120), data_spec=spec, optimizer={"lr": 1e-4}, crf=True,
+                         crf_lr_scale=50.0)
     *encoder_groups, crf_group = model.configure_optimizers().param_groups
     assert {id(p) for p in crf_group["params"]} == {id(p) for p in model.crf.parameters()}
     assert crf_group["weight_decay"] == 0.0 and crf_group["lr"] == pytest.approx(5e-3)
@@ -195,8 +198,8 @@ def test_crf_scores_train_undecayed_at_a_scaled_rate(tiny_tokenizer: Path) -> No
 def test_word_embedding_rows_train_undecayed_at_a_scaled_rate(tiny_tokenizer: Path) -> None:
     spec = {"labels": ["O", "B-PER", "I-PER"], "tokenizer": str(tiny_tokenizer)}
     for rank in (None, 8):  # the dense table, and the rows (not the projection) of a factorised one
-        model = TaggerModule(bert_config=tiny_bert_config(120), data_spec=spec, lr=1e-4, embedding_lr_scale=20.0,
-                             factorize_embedding_rank=rank)
+        model = TaggerModule(bert_config=tiny_bert_config(120), data_spec=spec, optimizer={"lr": 1e-4},
+                             embedding_lr_scale=20.0, student={"factorize_embedding_rank": rank})
         words = model.bert.embeddings.word_embeddings
         *others, rows = model.configure_optimizers().param_groups
         assert [id(p) for p in rows["params"]] == [id(getattr(words, "table", words).weight)]

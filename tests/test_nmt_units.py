@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.schedules import ExponentialSchedule, NoamSchedule, PlateauSchedule, TriangleSchedule
+from core.schedules import NoamSchedule, TriangleSchedule
 from core.swa import SWA
 from nmt.data import read_parallel
 from nmt.loss import label_smoothed_ce
@@ -85,31 +85,6 @@ def test_triangle_curve():
     assert lrs[55] == pytest.approx(1e-3 * (100 - 55) / 90)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))
     assert lrs[99] == pytest.approx(1e-3 / 90)
-
-
-def test_exponential_curve():
-    sched = ExponentialSchedule(initial_lr=0.1, gamma=0.9)
-    for epoch in range(5):
-        trainer = _fake_trainer(epoch=epoch)
-        sched.on_train_epoch_start(trainer, None)
-        assert _lr(trainer) == pytest.approx(0.1 * 0.9**epoch)
-
-
-def test_plateau_halves_after_patience_and_resumes():
-    sched = PlateauSchedule(initial_lr=1.0, monitor="val/bleu", mode="max", factor=0.5, patience=2)
-    trainer = _fake_trainer()
-    lrs = []
-    for bleu in [10, 12, 11, 11, 11, 13, 12, 12, 12]:
-        trainer.callback_metrics = {"val/bleu": torch.tensor(float(bleu))}
-        sched.on_validation_end(trainer, None)
-        lrs.append(sched.lr)
-    assert lrs == [1, 1, 1, 1, 0.5, 0.5, 0.5, 0.5, 0.25]
-    clone = PlateauSchedule(initial_lr=1.0)
-    clone.load_state_dict(sched.state_dict())
-    assert (clone.lr, clone.best, clone.bad_epochs) == (0.25, 13, 0)
-    trainer.callback_metrics = {}
-    with pytest.raises(KeyError, match="val/bleu"):
-        sched.on_validation_end(trainer, None)
 
 
 class _Regression(L.LightningModule):

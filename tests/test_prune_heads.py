@@ -97,8 +97,8 @@ def test_nmt_pruning_reloads_with_requested_heads_and_equals_masking(
 
 def gated_nmt(tmp_path: Path) -> tuple[Path, TranslationModule]:
     torch.manual_seed(0)
-    module = TranslationModule(arch=ARCH, data_spec=DATA_SPEC, gate_types=["encoder_self", "decoder_cross"],
-                               l0_lambda=0.05)
+    module = TranslationModule(arch=ARCH, data_spec=DATA_SPEC,
+                               gates={"types": ["encoder_self", "decoder_cross"], "l0_lambda": 0.05})
     with torch.no_grad():
         for layers in attached_gates(module.model).values():
             for g in layers:
@@ -114,7 +114,7 @@ def test_gates_threshold_removes_gates_and_keeps_gated_outputs(tmp_path):
     expected = {k: [[h for h, v in enumerate(g.eval()().tolist()) if v > 0.5] for g in layers]
                 for k, layers in attached_gates(gated.model).items()}
     pruned = TranslationModule.load_from_checkpoint(out, map_location="cpu", weights_only=False).eval()
-    assert not attached_gates(pruned.model) and pruned.hparams.gate_types is None
+    assert not attached_gates(pruned.model) and pruned.hparams.gates is None
     cfg = head_config(pruned.model)
     assert {k: cfg[k] for k in expected} == expected and cfg["decoder_self"] == [[0, 1, 2, 3]] * 2
     assert report["heads"]["kept"] == cfg
@@ -180,8 +180,8 @@ def test_gate_fine_tuned_run_pruned_by_gate_ranking(trained_nmt, multi30k_slice,
     run = tmp_path / "gated_run"
     cli = train_main(tiny_nmt_args(
         multi30k_slice, run, "--trainer.max_steps", "2", "--test", "false", "--trainer.limit_val_batches", "0",
-        "--model.init_args.init_from", str(trained_nmt), "--model.init_args.gate_types", "[encoder_self]",
-        "--model.init_args.l0_lambda", "0.05", "--trainer.callbacks+=compression.heatmap.GateHeatmap"))
+        "--model.init_args.init_from", str(trained_nmt), "--model.init_args.gates.types", "[encoder_self]",
+        "--model.init_args.gates.l0_lambda", "0.05", "--trainer.callbacks+=compression.heatmap.GateHeatmap"))
     gated = Path(cli.trainer.checkpoint_callback.dirpath) / "last.ckpt"
     out = tmp_path / "pruned.ckpt"
     report = prune_main(["--ckpt", str(gated), "--method", "gates", "--prune", "encoder_self=6", "--output", str(out),
@@ -189,7 +189,7 @@ def test_gate_fine_tuned_run_pruned_by_gate_ranking(trained_nmt, multi30k_slice,
     pruned = TranslationModule.load_from_checkpoint(out, map_location="cpu", weights_only=False)
     assert [a.num_heads for a in attention_modules(pruned.model)["encoder_self"]] == report["heads"]["after"][
         "encoder_self"] and sum(report["heads"]["after"]["encoder_self"]) == 2
-    assert not attached_gates(pruned.model) and pruned.hparams.l0_lambda == 0.0
+    assert not attached_gates(pruned.model) and pruned.hparams.gates is None
 
 
 def test_command_line_error_is_one_line(tmp_path, monkeypatch, capsys):

@@ -121,7 +121,8 @@ def test_distilled_pruned_student_reloads_alone(tokenizer_file: Path, tmp_path: 
     teacher_path = tmp_path / "teacher.ckpt"
     save_like_lightning(teacher, teacher_path)
     dm = tiny_datamodule(tokenizer_file, tmp_path, 48)
-    student = tiny_module(tokenizer_file, seed=2, teacher=str(teacher_path), data_spec=dm.spec(), lr=1e-3)
+    student = tiny_module(tokenizer_file, seed=2, kd={"teacher": str(teacher_path)}, data_spec=dm.spec(),
+                          optimizer={"lr": 1e-3})
     prune_model(student.bert, {"bert_self": [[0, 2], [1]]})
     prune_ffns(student.bert, [list(range(0, 32, 2)), list(range(20))])
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
@@ -165,7 +166,7 @@ def test_iterative_pruning_reaches_the_target_of_the_original_counts(tokenizer_f
 
 
 def test_similarity_term_matches_the_cosine_geometry(tokenizer_file: Path) -> None:
-    module = tiny_module(tokenizer_file, mse_weight=0.0, cosine_weight=0.0, similarity_weight=2.0)
+    module = tiny_module(tokenizer_file, kd={"mse_weight": 0.0, "cosine_weight": 0.0, "similarity_weight": 2.0})
     teacher = torch.randn(5, 16)
     scaled = 3.0 * teacher  # same cosines between sentences: no similarity loss, whatever the norm
     assert module.distill_loss(scaled, teacher).item() == pytest.approx(0.0, abs=1e-6)
@@ -177,7 +178,7 @@ def test_similarity_term_matches_the_cosine_geometry(tokenizer_file: Path) -> No
     loss.backward()
     assert student.grad is not None and student.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="similarity_weight must be >= 0"):
-        tiny_module(tokenizer_file, similarity_weight=-1.0)
+        tiny_module(tokenizer_file, kd={"similarity_weight": -1.0})
 
 
 def test_parallel_loss_adds_the_target_term(tokenizer_file: Path) -> None:
@@ -197,8 +198,8 @@ def test_parallel_loss_adds_the_target_term(tokenizer_file: Path) -> None:
 
 def test_layer_dropped_student_aligns_hidden_states_and_reloads(tokenizer_file: Path, tmp_path: Path) -> None:
     teacher = tiny_module(tokenizer_file, seed=1)
-    student = tiny_module(tokenizer_file, seed=1, keep_layers=[1], hidden_weight=1.0)
-    assert len(student.bert.layers) == 1 and student.hparams.bert_config["num_hidden_layers"] == 1
+    student = tiny_module(tokenizer_file, seed=1, keep_layers=[1], kd={"hidden_weight": 1.0})
+    assert len(student.bert.layers) == 1 and student.resolved_hparams()["bert_config"]["num_hidden_layers"] == 1
     torch.testing.assert_close(student.bert.layers[0].ffn.fc1.weight, teacher.bert.layers[1].ffn.fc1.weight)
     attach_teacher(student, teacher)
     student.log = lambda *a, **k: None  # outside a Trainer

@@ -37,10 +37,10 @@ import yaml
 from benchmarks.common import open_results, write_results
 from compression.distill import kd_loss
 from compression.measure import parameter_counts
-from compression.student import init_from_teacher_layers, load_teacher
+from compression.student import KDConfig, init_from_teacher_layers, load_teacher
 from core.schedules import TriangleSchedule
 from nmt.data import TranslationDataModule
-from nmt.module import TranslationModule, corpus_scores
+from nmt.module import DecodingConfig, TranslationModule, corpus_scores
 from nmt.translate import translate_lines
 
 log = logging.getLogger(__name__)
@@ -53,13 +53,13 @@ ROWS = ("teacher", "kd", "no_kd")
 def student(teacher: TranslationModule, dm: TranslationDataModule, layers: dict, kd: bool, args) -> TranslationModule:
     """A half-depth TranslationModule whose weights start from the chosen teacher layers."""
     arch = {**asdict(teacher.cfg), "encoder_layers": len(layers["encoder"]), "decoder_layers": len(layers["decoder"])}
-    for key in dm.spec():
+    for key in asdict(dm.spec()):
         arch.pop(key)
     hp = teacher.hparams
     module = TranslationModule(
-        arch=arch, optimizer=hp.optimizer, betas=tuple(hp.betas), label_smoothing=hp.label_smoothing,
-        test_beam_size=5, data_spec=dm.spec(), teacher=str(args.teacher) if kd else None,
-        kd_alpha=args.kd_alpha, kd_temperature=args.kd_temperature)
+        arch=arch, optimizer=teacher.optimizer_config, label_smoothing=hp.label_smoothing, data_spec=dm.spec(),
+        decoding=DecodingConfig(test_beam_size=5),
+        kd=KDConfig(teacher=str(args.teacher), alpha=args.kd_alpha, temperature=args.kd_temperature) if kd else None)
     init_from_teacher_layers(module.model, teacher.model, layers)
     return module
 

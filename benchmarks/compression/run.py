@@ -41,6 +41,7 @@ import re
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
@@ -54,7 +55,8 @@ from compression.factorize import (
     token_frequency_weights,
 )
 from compression.measure import flops_per_token, parameter_counts
-from compression.student import load_teacher
+from compression.student import KDConfig, load_teacher
+from core.config import load_module
 from core.schedules import TriangleSchedule
 from core.swa import SWA
 from core.training import git_commit, save_module_checkpoint
@@ -72,8 +74,8 @@ STUDENT_BUDGET = 6_000_000
 
 def load_for_scoring(path: Path) -> TaggerModule:
     """A saved tagger alone (no teacher), in eval mode, decoding with IOB2 constraints."""
-    model = TaggerModule.load_from_checkpoint(path, map_location="cpu", weights_only=False, teacher=None)
-    model.hparams.constrained_decoding = True
+    model = load_module(TaggerModule, path, kd=None)
+    model.constrained_decoding = True
     return model.eval()
 
 
@@ -111,22 +113,21 @@ def speed_vs_teacher(model: TaggerModule, teacher: TaggerModule, sentences: list
 def kd_loss_before_training(model: TaggerModule, batches: list[dict]) -> float:
     """Mean pure-KD loss (alpha 1) against the teacher on a few training batches, eval mode."""
     model.eval()
-    alpha = model.hparams.kd_alpha
-    model.hparams.kd_alpha = 1.0
+    kd = model.kd
+    model.kd = replace(kd, alpha=1.0)
     with torch.no_grad():
         loss = statistics.mean(float(model.training_loss(b)) for b in batches)
-    model.hparams.kd_alpha = alpha
+    model.kd = kd
     return loss
 
 
 def build(args: argparse.Namespace, dm: CoNLLDataModule, teacher: TaggerModule, kd: bool, **kw) -> TaggerModule:
     """A student starting from the teacher checkpoint's weights (same casing and architecture)."""
     return TaggerModule(
-        bert_config=teacher.hparams.bert_config, casing=teacher.hparams.casing, dropout=0.1, data_spec=dm.spec(),
-        init_from=str(args.teacher), teacher=str(args.teacher) if kd else None, kd_alpha=args.kd_alpha,
-        kd_temperature=args.kd_temperature, kd_cache=str(args.cache_dir) if kd else None,
-        kd_hidden_weight=args.hidden_weight if kd else 0.0, constrained_decoding=args.constrained,
-        embedding_lr_scale=args.embedding_lr_scale, **kw)
+        bert_config=teacher.bert.cfg.to_dict(), casing=teacher.hparams.casing, dropout=0.1, data_spec=dm.spec(),
+        init_from=str(args.teacher), constrained_decoding=args.constrained, embedding_lr_scale=args.embedding_lr_scale,
+        kd=KDConfig(teacher=str(args.teacher), alpha=args.kd_alpha, temperature=args.kd_temperature,
+                    cache=str(args.cache_dir), hidden_weight=args.hidden_weight) if kd else None, **kw)
 
 
 def pick(args: argparse.Namespace, dm: CoNLLDataModule, teacher: TaggerModule, candidates: list, key: str) -> tuple:
@@ -135,9 +136,9 @@ def pick(args: argparse.Namespace, dm: CoNLLDataModule, teacher: TaggerModule, c
     losses = {}
     for c in candidates[: args.max_candidates]:
         if key == "share":
-            model = build(args, dm, teacher, kd=True, share_layers={"k": 1, "n": 6, "init_from": c})
+            model = build(args, dm, teacher, kd=True, student={"share_layers": {"k": 1, "n": 6, "init_from": c}})
         else:
-            model = with_factorised_embedding(build(args, dm, teacher, kd=True, keep_layers=list(c)), args)
+            model = with_factorised_embedding(build(args, dm, teacher, kd=True, student={"keep_layers": list(c)}), args)
         losses[str(c)] = kd_loss_before_training(model, batches)
     best = min(candidates[: args.max_candidates], key=lambda c: losses[str(c)])
     return best, losses
@@ -187,7 +188,7 @@ def make_row(name: str, args: argparse.Namespace, dm: CoNLLDataModule, teacher: 
             layers, notes["kd_loss_before_training"] = pick(
                 args, dm, teacher, list(itertools.combinations(range(len(teacher.bert.layers)), 2)), "keep")
         model = with_factorised_embedding(build(args, dm, teacher, kd=name.startswith("kd"),
-                                                keep_layers=list(layers)), args)
+                                                student={"keep_layers": list(layers)}), args)
         total = parameter_counts(model)["total"]
         if total > STUDENT_BUDGET:
             raise ValueError(f"student with layers {layers} has {total:,} parameters > {STUDENT_BUDGET:,}")
@@ -197,7 +198,7 @@ def make_row(name: str, args: argparse.Namespace, dm: CoNLLDataModule, teacher: 
         if layer is None:
             layer, notes["kd_loss_before_training"] = pick(args, dm, teacher, list(range(len(teacher.bert.layers))),
                                                            "share")
-        model = build(args, dm, teacher, kd=True, share_layers={"k": 1, "n": 6, "init_from": layer})
+        model = build(args, dm, teacher, kd=True, student={"share_layers": {"k": 1, "n": 6, "init_from": layer}})
         return model, args.shared_epochs, args.shared_lr, {"teacher_layer": layer, **notes}
     raise ValueError(f"unknown row {name!r}; rows are {ROWS}")
 
@@ -324,7 +325,7 @@ def main() -> None:
     L.seed_everything(args.seed)
     launch_commit = git_commit()  # the code that runs (later commits during a long run do not count)
     teacher = load_teacher(TaggerModule, args.teacher)
-    teacher.hparams.constrained_decoding = args.constrained
+    teacher.constrained_decoding = args.constrained
     dm = CoNLLDataModule(max_sentences=args.max_sentences, max_eval_sentences=args.max_eval_sentences,
                          entity_swap_copies=args.entity_swap_copies)
     dm.setup()

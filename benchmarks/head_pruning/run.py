@@ -10,9 +10,9 @@ row, and rewrites `head_pruning.md`; plots go to `benchmarks/results/*.png`):
 1. `curve_nmt`  Michel et al.: test2016 BLEU vs share of ALL heads pruned (one shot), heads
    ranked by Taylor importance (|dL/d mask_h| over `--score_sentences` training pairs) vs
    random (mean over `--random_seeds`). Decoding with `--curve_beam` (1 = greedy).
-2. `gates`      Voita et al.: per `--lambdas` entry L (an L0 lambda, `0.1_enc` = encoder gates only),
-   gate fine-tuning from the teacher (`train.py` with `configs/nmt/gates_l0_<L>.yaml`, skipped if its
-   checkpoint exists), then the heads whose eval-time gate is <= `--gate_threshold` are cut out
+2. `gates`      Voita et al.: per `--lambdas` entry L (a run of `configs/nmt/gates_l0_sweep.yaml`: an L0
+   lambda, `0.1_enc` = encoder gates only), gate fine-tuning from the teacher (`train.py --sweep ... --run L`,
+   skipped if its checkpoint exists), then the heads whose eval-time gate is <= `--gate_threshold` are cut out
    (`prune_heads.py --method gates`); heads kept per attention type, test2016 BLEU (beam 5), params,
    FLOPs, latency; with
    `--gate_finetune_epochs N` also the BLEU after N epochs of recovery fine-tuning of the pruned model
@@ -52,9 +52,11 @@ from compression.pruning_pipeline import PruneOptions, prune_checkpoint
 from compression.scratch import write_scratch_init
 from core.data_dir import REPO_ROOT, resolve_data_dir
 from core.runs import final_checkpoint, train_or_resume
+from core.sweep import Sweep, load_sweep, run_overrides
 from core.tasks import EvalOptions, get_task, load_task_module
 from core.training import file_sha256, git_commit
 
+GATE_SWEEP = "configs/nmt/gates_l0_sweep.yaml"
 log = logging.getLogger(__name__)
 
 STAGES = ("curve_nmt", "gates", "scratch", "latency", "curve_ner", "significance")
@@ -237,12 +239,12 @@ def stage_gates(bench: Bench) -> None:
     section["teacher_heads"] = heads_kept(teacher.compressible_network())
     done = {r["lambda"] for r in section["rows"]}
     seed = () if a.gate_seed is None else ("--seed_everything", str(a.gate_seed))
-    for config_name, lam in zip(a.lambdas, gate_row_names(a), strict=True):
+    sweep = load_sweep(GATE_SWEEP)
+    for run_name, lam in zip(a.lambdas, gate_row_names(a), strict=True):
         if lam in done:
             continue
-        config = REPO_ROOT / f"configs/nmt/gates_l0_{config_name}.yaml"
-        run = bench.train(f"gates_l0_{lam}", ["configs/nmt/small.yaml", str(config)], Path(a.teacher), a.gate_epochs,
-                          seed)
+        run = bench.train(f"gates_l0_{lam}", list(sweep.configs), Path(a.teacher), a.gate_epochs,
+                          (*seed, *run_overrides(sweep, run_name)))
         out = bench.work / f"gates_l0_{lam}_pruned.ckpt"
         report = prune_checkpoint(PruneOptions(
             checkpoint=str(run / "checkpoints/last.ckpt"), output=str(out), method="gates",
@@ -250,10 +252,10 @@ def stage_gates(bench: Bench) -> None:
             beam_size=5, batch_sizes=a.batch_sizes, report=str(bench.work / f"gates_l0_{lam}_report")))
         kept = {SHORT[k]: sum(v) for k, v in report["heads"]["after"].items()}
         bleu = report["quality"]["after"]["bleu"]
-        init_args = yaml.safe_load(Path(config).read_text())["model"]["init_args"]
-        section["rows"].append({"lambda": lam, "config": str(config.relative_to(REPO_ROOT)), "seed": a.gate_seed,
-                                "l0_lambda": init_args["l0_lambda"], "kd": "teacher" in init_args,
-                                "gate_types": [SHORT[t] for t in init_args["gate_types"]], "gate_epochs": a.gate_epochs,
+        gates = sweep_gates(sweep, run_name)
+        section["rows"].append({"lambda": lam, "config": f"{GATE_SWEEP} --run {run_name}", "seed": a.gate_seed,
+                                "l0_lambda": gates["l0_lambda"], "kd": "model.init_args.kd" in sweep.runs[run_name],
+                                "gate_types": [SHORT[t] for t in gates["types"]], "gate_epochs": a.gate_epochs,
                                 "heads_kept": kept, "heads_per_layer": report["heads"]["after"],
                                 "bleu": bleu, "bleu_gated": report["quality"]["before"]["bleu"],
                                 "bleu_lost": section["teacher_bleu"] - bleu, "checkpoint": str(out),
@@ -264,6 +266,13 @@ def stage_gates(bench: Bench) -> None:
         bench.save("gates", section)
     if a.gate_finetune_epochs:
         finetune_gate_rows(bench, section)
+
+
+def sweep_gates(sweep: Sweep, run: str) -> dict:
+    """The gates of a sweep run: its override, else those of the sweep's last config."""
+    if "model.init_args.gates" in sweep.runs[run]:
+        return sweep.runs[run]["model.init_args.gates"]
+    return yaml.safe_load((REPO_ROOT / sweep.configs[-1]).read_text())["model"]["init_args"]["gates"]
 
 
 def gate_row_names(args: argparse.Namespace) -> list[str]:

@@ -177,7 +177,7 @@ def run_variant(variant: Variant, args: argparse.Namespace) -> dict:
     members, paths = [], []
     for seed in seeds:
         model = fine_tune(config, dm, seed, epochs, timer, args)
-        model.hparams.constrained_decoding = variant.constrained_decoding
+        model.constrained_decoding = variant.constrained_decoding
         paths.append(args.work_dir / (f"{stem}.ckpt" if len(seeds) == 1 else f"{stem}__seed{seed}.ckpt"))
         model.trainer.save_checkpoint(paths[-1])
         if len(seeds) > 1:  # each member's own scores, beside the soup's

@@ -69,10 +69,10 @@ def main(argv: list[str] | None = None) -> None:
     def add(name: str, module: TaggerModule, **extra) -> dict:
         quoted = "dev_constrained" if module.crf is None and module.hparams.get("constrained_decoding") else "dev"
         if module.crf is None:  # "dev"/"test" are argmax even for a tagger saved with constrained decoding on
-            module.hparams.constrained_decoding = False
+            module.constrained_decoding = False
         row = {"name": name, **extra, **{k: score(module.eval(), path) for k, path in splits.items()}}
         if module.crf is None:
-            module.hparams.constrained_decoding = True
+            module.constrained_decoding = True
             row.update({f"{k}_constrained": score(module, path) for k, path in splits.items()})
         row["dev_quoted"] = row[quoted]["f1"]
         results["rows"].append(row)

@@ -47,11 +47,14 @@ def main() -> None:
     """Parse, run the pipeline, print the markdown table."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=str(CONFIG), help="pipeline YAML (default: %(default)s)")
+    ap.add_argument("--sweep", help="a sweep file (configs/sts/prune_distill_sweep.yaml): run --run of it instead")
+    ap.add_argument("--run", help="the sweep run")
     ap.add_argument("--results", default=str(RESULT), help="JSON written (markdown beside it)")
     ap.add_argument("--smoke", action="store_true", help="tiny slices, 1 epoch, results under benchmarks/work/")
     ap.add_argument("overrides", nargs="*", help="pipeline overrides, e.g. --epochs 3 (after --)")
     args = ap.parse_args()
-    cfg = parse(["--config", args.config, *args.overrides])
+    recipe = ["--sweep", args.sweep, "--run", args.run] if args.sweep else ["--config", args.config]
+    cfg = parse([*recipe, *args.overrides])
     cfg.report_json = args.results
     if args.smoke:
         tmp = Path(tempfile.mkdtemp(prefix="sts_smoke_"))

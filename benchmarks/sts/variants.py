@@ -47,7 +47,8 @@ def main() -> None:
     """Read the baseline report and every run's report.json; write the comparison JSON."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--baseline", required=True, help="a full pipeline report (its student is the reference row)")
-    ap.add_argument("--baseline_config", default="configs/sts/minilm_half_heads_ffn30.yaml")
+    ap.add_argument("--baseline_config", default="--sweep configs/sts/prune_distill_sweep.yaml --run ffn30",
+                    help="prune_distill.py arguments of the baseline recipe")
     ap.add_argument("--run", action="append", default=[], help="NAME=OUTPUT_DIR of a student-only run")
     ap.add_argument("--output", required=True)
     args = ap.parse_args()
@@ -57,7 +58,7 @@ def main() -> None:
     for spec in args.run:
         name, _, folder = spec.partition("=")
         report = json.loads((Path(folder) / "report.json").read_text())
-        command = (f".venv/bin/python prune_distill.py --config {args.baseline_config} "
+        command = (f".venv/bin/python prune_distill.py {args.baseline_config} "
                    + overrides(report["config"], baseline["config"]))
         rows.append({"name": name, **student_row(report), "command": command})
         log.info(f"{name}: {rows[-1]['spearman_en']:.2f} ({rows[-1]['quality_vs_teacher']:.2f} %)")
