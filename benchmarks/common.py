@@ -7,6 +7,7 @@ import json
 import logging
 from pathlib import Path
 
+import lightning as L
 import torch
 
 from core.training import file_sha256, git_commit
@@ -35,3 +36,10 @@ def write_results(path: Path, results: dict, markdown: str | None = None) -> Non
     if markdown is not None:
         path.with_suffix(".md").write_text(markdown)
     log.info(f"wrote {path}")
+
+
+def quiet_trainer(progress: bool = False, **kwargs) -> L.Trainer:
+    """A CPU Trainer for a study's in-process fits and evaluations: no logger, no model summary (its FLOPs column
+    reads 0: `compression.measure` measures FLOPs), a progress bar only on request."""
+    return L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=progress, enable_model_summary=False,
+                     **kwargs)

@@ -1,4 +1,5 @@
-"""What every LightningModule around a BERT encoder shares: its tokenizer, carried in the checkpoint."""
+"""What every task around a BERT encoder shares: the tokenizer carried in the checkpoint, the checkpoint hooks,
+random inputs for timing and export."""
 
 from __future__ import annotations
 
@@ -7,14 +8,17 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from core.hf_import import load_tokenizer
+from core.tasks import TASK_KEY, Task
 
 
 class BertTask:
-    """Mixin for LightningModules with `self.bert` and `self.data_spec.tokenizer`.
+    """Mixin for LightningModules with `self.bert` and `self.data_spec.tokenizer` (put it before
+    LightningModule, after `core.config.ResolvedConfig`, with `compression.spec.CompressionHooks`).
 
     The tokenizer is loaded lazily from the data spec, written into every checkpoint and read
     back from it, so a checkpoint works without the tokenizer folder it was trained with.
-    `self.bert` is the network that compression surgery (`compression.spec`) works on.
+    `self.bert` is the network that compression surgery (`compression.spec`) works on; the
+    checkpoint hooks store and restore it with its compression spec.
     """
 
     _tokenizer: Tokenizer | None = None
@@ -29,6 +33,18 @@ class BertTask:
         if self._tokenizer is None:
             self._tokenizer = load_tokenizer(self.data_spec.tokenizer)
         return self._tokenizer
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """The resolved config (`core.config`), the task name, the tokenizer and the compression spec."""
+        checkpoint["hyper_parameters"] = self.resolved_hparams()
+        checkpoint[TASK_KEY] = self.task_name
+        self.save_tokenizer(checkpoint)
+        self.save_compression(checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """The stored tokenizer, and the network reshaped to the stored compression spec."""
+        self.restore_tokenizer(checkpoint)
+        self.load_compression(checkpoint)
 
     def save_tokenizer(self, checkpoint: dict) -> None:
         """Store the tokenizer (as tokenizer.json text) in `checkpoint`."""
@@ -45,3 +61,14 @@ def random_bert_inputs(vocab_size: int, batch_size: int, seq_len: int, seed: int
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(1000 if vocab_size > 2000 else 1, vocab_size, (batch_size, seq_len), generator=gen)
     return ids, torch.ones_like(ids)
+
+
+class BertEncoderTask(Task):
+    """What the tasks around a BERT encoder share (`core.tasks`): checkpoints average only with the same
+    tokenizer, and latency / export feed random sub-token ids."""
+
+    same_entries = ("tokenizer_json",)
+
+    def example_inputs(self, module, batch_size: int, seq_len: int, seed: int) -> tuple:
+        """Random (sub-token ids, all-ones attention mask); ids above the special-token range of real vocabularies."""
+        return random_bert_inputs(module.bert.cfg.vocab_size, batch_size, seq_len, seed)

@@ -7,6 +7,7 @@ post-norm/GELU form is a BERT layer, so NMT, NER and compression share one imple
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -54,19 +55,35 @@ class _Sublayer(nn.Module):
         return self.norm(x + self.dropout(block(x)))
 
 
-class EncoderLayer(nn.Module):
-    """Self-attention + FFN, each in a residual sublayer."""
+class _ResidualLayer(nn.Module):
+    """What encoder and decoder layers share: self-attention (+ cross-attention in a decoder) and an FFN,
+    built in that order (parameter order fixes the initialisation drawn from a seed), and their residual
+    sublayers."""
 
     def __init__(
         self, d_model: int, num_heads: int, d_ff: int, dropout: float = 0.1,
         attn_dropout: float = 0.0, act: str = "relu", pre_norm: bool = True, eps: float = 1e-5,
-        head_dim: int | None = None, act_dropout: float = 0.0,
+        head_dim: int | None = None, act_dropout: float = 0.0, cross: bool = False,
     ) -> None:
         super().__init__()
         self.self_attn = MultiHeadAttention(d_model, num_heads, head_dim, attn_dropout)
+        if cross:
+            self.cross_attn = MultiHeadAttention(d_model, num_heads, head_dim, attn_dropout, cross=True)
         self.ffn = FeedForward(d_model, d_ff, act, act_dropout)
-        self.attn_block = _Sublayer(d_model, dropout, pre_norm, eps)
-        self.ffn_block = _Sublayer(d_model, dropout, pre_norm, eps)
+        self._sublayer_args = (d_model, dropout, pre_norm, eps)
+
+    def sublayer(self) -> _Sublayer:
+        """A residual sublayer (norm + dropout) of this layer's width."""
+        return _Sublayer(*self._sublayer_args)
+
+
+class EncoderLayer(_ResidualLayer):
+    """Self-attention + FFN, each in a residual sublayer (arguments: `_ResidualLayer`'s, no `cross`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.attn_block = self.sublayer()
+        self.ffn_block = self.sublayer()
 
     @override
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -74,21 +91,15 @@ class EncoderLayer(nn.Module):
         return self.ffn_block(x, self.ffn)
 
 
-class DecoderLayer(nn.Module):
-    """Causal self-attention + cross-attention + FFN, with incremental decoding caches."""
+class DecoderLayer(_ResidualLayer):
+    """Causal self-attention + cross-attention + FFN, with incremental decoding caches (arguments:
+    `_ResidualLayer`'s, no `cross`)."""
 
-    def __init__(
-        self, d_model: int, num_heads: int, d_ff: int, dropout: float = 0.1,
-        attn_dropout: float = 0.0, act: str = "relu", pre_norm: bool = True, eps: float = 1e-5,
-        head_dim: int | None = None, act_dropout: float = 0.0,
-    ) -> None:
-        super().__init__()
-        self.self_attn = MultiHeadAttention(d_model, num_heads, head_dim, attn_dropout)
-        self.cross_attn = MultiHeadAttention(d_model, num_heads, head_dim, attn_dropout, cross=True)
-        self.ffn = FeedForward(d_model, d_ff, act, act_dropout)
-        self.self_block = _Sublayer(d_model, dropout, pre_norm, eps)
-        self.cross_block = _Sublayer(d_model, dropout, pre_norm, eps)
-        self.ffn_block = _Sublayer(d_model, dropout, pre_norm, eps)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs, cross=True)
+        self.self_block = self.sublayer()
+        self.cross_block = self.sublayer()
+        self.ffn_block = self.sublayer()
 
     @override
     def forward(

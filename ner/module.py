@@ -38,7 +38,6 @@ from core.bert_task import BertTask
 from core.config import ResolvedConfig
 from core.hf_import import check_vocab_size, default_checkpoint_dir, load_bert
 from core.optim import OptimizerConfig, SchedulerConfig, as_dataclass, configure
-from core.tasks import TASK_KEY
 from ner.align import CASING, IGNORE, SentenceEncoder, document_context
 from ner.conll import read_conll, to_iob2
 from ner.crf import CRF, iob2_start_penalty, iob2_transition_penalty, pack_words, unpack_words, viterbi
@@ -175,22 +174,10 @@ class TaggerModule(ResolvedConfig, BertTask, CompressionHooks, LightningModule):
                        f"teacher {self.kd.teacher}: {parameter_line(self.teacher)}; "
                        f"alpha {self.kd.alpha}, T {self.kd.temperature}")
 
-    @override
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["hyper_parameters"] = self.resolved_hparams()
-        checkpoint[TASK_KEY] = self.task_name
-        self.save_tokenizer(checkpoint)
-        self.save_compression(checkpoint)
-
     def on_train_epoch_end(self) -> None:
         """Write newly cached teacher logits to disk (every epoch, so an interrupted run keeps them)."""
         if self.logit_cache is not None and self.trainer.is_global_zero:
             self.logit_cache.save()
-
-    @override
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.restore_tokenizer(checkpoint)
-        self.load_compression(checkpoint)
 
     def hidden_states(self, input_ids: Tensor, attention_mask: Tensor, casing: Tensor | None = None) -> list[Tensor]:
         """[embeddings, layer 1, ..., layer L] hidden states (B, T, d) for padded sub-token ids."""

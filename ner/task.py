@@ -8,8 +8,8 @@ from pathlib import Path
 import torch.nn.functional as F
 from torch import Tensor
 
-from core.bert_task import random_bert_inputs
-from core.tasks import EvalOptions, Task, register_task
+from core.bert_task import BertEncoderTask
+from core.tasks import EvalOptions, register_task
 from ner.align import IGNORE, SentenceEncoder
 from ner.conll import read_conll, to_iob2
 from ner.data import collate
@@ -17,14 +17,13 @@ from ner.module import TaggerModule, score_conll
 
 
 @register_task
-class TaggingTask(Task):
+class TaggingTask(BertEncoderTask):
     """Named-entity tagging: Taylor scoring on a CoNLL file, word-level entity F1, timing over sub-token ids."""
 
     name = TaggerModule.task_name
     module_class = TaggerModule
     score_files = ("CoNLL file",)
     eval_files = ("CoNLL file",)
-    same_entries = ("tokenizer_json",)
     training_only_hparams = frozenset({
         "optimizer", "scheduler", "gates", "crf_lr_scale", "embedding_lr_scale", "init_from", "kd", "checkpoint_dir",
         "constrained_decoding",
@@ -53,8 +52,3 @@ class TaggingTask(Task):
         (conll,) = self.check_files(files, self.eval_files, "quality")
         scores = score_conll(module, conll)
         return {k: scores[k] for k in ("f1", "precision", "recall", "sentences")}
-
-    def example_inputs(self, module: TaggerModule, batch_size: int, seq_len: int, seed: int) -> tuple:
-        """Random (sub-token ids, all-ones attention mask); ids above the special-token range of real vocabularies."""
-        return random_bert_inputs(module.bert.cfg.vocab_size, batch_size, seq_len, seed)
-

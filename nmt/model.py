@@ -19,17 +19,18 @@ from core.layers import DecoderLayer, EncoderLayer, ScaledEmbedding
 class Seq2SeqConfig:
     """Architecture of the translation transformer (seed 004 small base by default)."""
 
-    vocab_size: int = 8000
+    vocab_size: int = 8000  # shared source/target pieces (`nmt.vocab.VocabSpec` overrides it from the data)
     d_model: int = 256
     num_heads: int = 4
     d_ff: int = 1024
     encoder_layers: int = 3
     decoder_layers: int = 3
+    # dropout on sub-layer outputs / attention probabilities / FFN activations
     dropout: float = 0.1
     attn_dropout: float = 0.0
     act_dropout: float = 0.0
     activation: str = "relu"
-    pre_norm: bool = True
+    pre_norm: bool = True  # LayerNorm before each sub-layer (stable without warm-up tricks)
     max_len: int = 512
     pad_id: int = 0
     bos_id: int = 2

@@ -42,7 +42,6 @@ from core.bert_task import BertTask
 from core.config import ResolvedConfig, load_module
 from core.hf_import import check_vocab_size, default_checkpoint_dir, load_bert
 from core.optim import OptimizerConfig, SchedulerConfig, as_dataclass, configure
-from core.tasks import TASK_KEY
 from sts.data import SentenceSpec, tokenize
 
 POOLINGS = ("mean", "cls")
@@ -162,18 +161,6 @@ class SentenceEncoderModule(ResolvedConfig, BertTask, CompressionHooks, Lightnin
         """Check that the tokenizer fits the embeddings and that teacher and student tokenize alike."""
         check_vocab_size(self.tokenizer, self.bert)
         check_same_tokenizer(self.teacher, self)
-
-    @override
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["hyper_parameters"] = self.resolved_hparams()
-        checkpoint[TASK_KEY] = self.task_name
-        self.save_tokenizer(checkpoint)
-        self.save_compression(checkpoint)
-
-    @override
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.restore_tokenizer(checkpoint)
-        self.load_compression(checkpoint)
 
     def embed(self, input_ids: Tensor, attention_mask: Tensor, hidden: bool = False) -> Tensor | tuple:
         """Pooled embedding before normalisation (B, d); with `hidden`, also all hidden states."""

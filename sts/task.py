@@ -8,21 +8,20 @@ from pathlib import Path
 
 from torch import Tensor
 
-from core.bert_task import random_bert_inputs
-from core.tasks import EvalOptions, Task, register_task
+from core.bert_task import BertEncoderTask
+from core.tasks import EvalOptions, register_task
 from sts.data import collate_pairs, read_sts
 from sts.module import SentenceEncoderModule, evaluate_sts, sts_regression_loss
 
 
 @register_task
-class SentenceEncodingTask(Task):
+class SentenceEncodingTask(BertEncoderTask):
     """Sentence embeddings: Taylor scoring by the STS regression loss on labelled pairs, STS Spearman quality."""
 
     name = SentenceEncoderModule.task_name
     module_class = SentenceEncoderModule
     score_files = ("STS CSV (sentence1,sentence2,score)",)
     eval_files = ("STS CSV (sentence1,sentence2,score)",)
-    same_entries = ("tokenizer_json",)
     training_only_hparams = frozenset({
         "optimizer", "scheduler", "kd", "init_from", "checkpoint_dir", "keep_layers", "tokenizer", "max_length",
         "languages",
@@ -45,7 +44,3 @@ class SentenceEncodingTask(Task):
         (csv,) = self.check_files(files, self.eval_files, "quality")
         pairs = read_sts(csv)
         return {"spearman": evaluate_sts(module, pairs, options.batch_size), "pairs": len(pairs)}
-
-    def example_inputs(self, module: SentenceEncoderModule, batch_size: int, seq_len: int, seed: int) -> tuple:
-        """Random (sub-token ids, all-ones attention mask)."""
-        return random_bert_inputs(module.bert.cfg.vocab_size, batch_size, seq_len, seed)

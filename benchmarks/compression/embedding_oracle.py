@@ -19,11 +19,11 @@ import json
 import logging
 from pathlib import Path
 
-import lightning as L
 import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
+from benchmarks.common import quiet_trainer
 from benchmarks.compression.run import load_for_scoring
 from compression.factorize import token_counts
 from core.training import git_commit
@@ -74,10 +74,8 @@ def main() -> None:
     p.add_argument("--max-eval-sentences", type=int, default=None, help="first N test sentences")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/compression/ner_embedding_oracle.json")
     args = p.parse_args()
-    commit = git_commit()
-    dm = CoNLLDataModule(max_eval_sentences=args.max_eval_sentences)
+    commit, dm, trainer = git_commit(), CoNLLDataModule(max_eval_sentences=args.max_eval_sentences), quiet_trainer()
     dm.setup()
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     teacher, student = load_for_scoring(args.teacher), load_for_scoring(args.student)
     words = student.bert.embeddings.word_embeddings
     if not hasattr(words, "table"):

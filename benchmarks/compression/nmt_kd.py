@@ -34,7 +34,7 @@ import lightning as L
 import torch
 import yaml
 
-from benchmarks.common import open_results, write_results
+from benchmarks.common import open_results, quiet_trainer, write_results
 from compression.distill import kd_loss
 from compression.measure import parameter_counts
 from compression.student import KDConfig, init_from_teacher_layers, load_teacher
@@ -170,11 +170,10 @@ def main() -> None:
         module = teacher
         if name != "teacher":
             module, epochs = student(teacher, dm, layers, kd=name == "kd", args=args), args.epochs
-            L.Trainer(accelerator="cpu", max_epochs=epochs, gradient_clip_val=1.0, logger=False,
-                      enable_checkpointing=False, enable_progress_bar=args.progress, limit_val_batches=0,
-                      num_sanity_val_steps=0, limit_train_batches=args.limit_train_batches,
-                      enable_model_summary=False, use_distributed_sampler=False,
-                      callbacks=[TriangleSchedule(peak_lr=args.peak_lr, warmup=0.06)]).fit(module, dm)
+            quiet_trainer(args.progress, max_epochs=epochs, gradient_clip_val=1.0, enable_checkpointing=False,
+                          limit_val_batches=0, num_sanity_val_steps=0, limit_train_batches=args.limit_train_batches,
+                          use_distributed_sampler=False,
+                          callbacks=[TriangleSchedule(peak_lr=args.peak_lr, warmup=0.06)]).fit(module, dm)
         row = {"name": name, "params": parameter_counts(module.model), "epochs": epochs,
                "train_minutes": (time.perf_counter() - start) / 60, "kd": name == "kd",
                "test2016": test_scores(module, src, refs)}

@@ -47,7 +47,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from benchmarks.common import open_results, write_results
+from benchmarks.common import open_results, quiet_trainer, write_results
 from compression.factorize import (
     factorize_embedding,
     factorize_linears,
@@ -205,8 +205,7 @@ def make_row(name: str, args: argparse.Namespace, dm: CoNLLDataModule, teacher: 
 
 def evaluate(name: str, model: TaggerModule, teacher: TaggerModule, dm: CoNLLDataModule, args) -> dict:
     """Dev/test F1, sizes, FLOPs per token and speed vs the teacher."""
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False)
+    trainer = quiet_trainer(enable_checkpointing=False)
     [dev] = trainer.validate(model, dm, verbose=False)
     [test] = trainer.test(model, dm, verbose=False)
     sentences = [s.tokens for s in dm.sentences["test"][: args.speed_sentences]]
@@ -229,10 +228,8 @@ def train(model: TaggerModule, dm: CoNLLDataModule, epochs: int, peak_lr: float,
     callbacks = [TriangleSchedule(peak_lr=peak_lr, warmup=0.1)]
     if args.swa_last_fraction:
         callbacks.append(SWA(last_fraction=args.swa_last_fraction))
-    trainer = L.Trainer(accelerator="cpu", max_epochs=epochs, gradient_clip_val=1.0, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=args.progress, num_sanity_val_steps=0,
-                        limit_val_batches=0, enable_model_summary=False,
-                        callbacks=callbacks)
+    trainer = quiet_trainer(args.progress, max_epochs=epochs, gradient_clip_val=1.0, enable_checkpointing=False,
+                            num_sanity_val_steps=0, limit_val_batches=0, callbacks=callbacks)
     trainer.fit(model, dm)
     if model.logit_cache is not None:
         model.logit_cache.save()

@@ -19,8 +19,7 @@ import json
 import logging
 from pathlib import Path
 
-import lightning as L
-
+from benchmarks.common import quiet_trainer
 from benchmarks.compression.run import EMB_RANK, LINEARS, calibration_moments, load_for_scoring, rank_for_reduction
 from compression.factorize import factorize_embedding, factorize_linears, token_frequency_weights
 from core.training import git_commit
@@ -41,10 +40,8 @@ def main() -> None:
     p.add_argument("--max-eval-sentences", type=int, default=None, help="first N dev sentences")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/compression/ner_svd_init.json")
     args = p.parse_args()
-    commit = git_commit()
-    dm = CoNLLDataModule(max_eval_sentences=args.max_eval_sentences)
+    commit, dm, trainer = git_commit(), CoNLLDataModule(max_eval_sentences=args.max_eval_sentences), quiet_trainer()
     dm.setup()
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     train_ids = [e.input_ids for e in dm.examples["train"]]
 
     def teacher() -> TaggerModule:

@@ -37,6 +37,7 @@ import yaml
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
+from benchmarks.common import quiet_trainer
 from core.averaging import average_checkpoints
 from core.hf_import import default_checkpoint_dir, load_bert, load_tokenizer
 from core.schedules import TriangleSchedule
@@ -143,18 +144,16 @@ def fine_tune(config: dict, dm: CoNLLDataModule, seed: int, epochs: int, timer: 
                     if c["class_path"].endswith("TriangleSchedule"))
     L.seed_everything(seed)
     model = TaggerModule(**config["model"]["init_args"], data_spec=dm.spec())
-    trainer = L.Trainer(
-        accelerator="cpu", max_epochs=epochs, gradient_clip_val=trainer_cfg.get("gradient_clip_val"),
-        callbacks=[TriangleSchedule(**schedule), timer], logger=False, enable_checkpointing=False,
-        enable_progress_bar=args.progress, num_sanity_val_steps=0,
-    )
+    trainer = quiet_trainer(args.progress, max_epochs=epochs, gradient_clip_val=trainer_cfg.get("gradient_clip_val"),
+                            callbacks=[TriangleSchedule(**schedule), timer], enable_checkpointing=False,
+                            num_sanity_val_steps=0)
     trainer.fit(model, dm)
     return model
 
 
 def evaluate(model: TaggerModule, dm: CoNLLDataModule, args: argparse.Namespace) -> dict:
     """Dev and test scores (`split_scores`) of `model` with its own decoding."""
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=args.progress)
+    trainer = quiet_trainer(args.progress)
     [dev] = trainer.validate(model, dm, verbose=False)
     [test] = trainer.test(model, dm, verbose=False)
     return {"dev": split_scores(dev, "val"), "test": split_scores(test, "test")}
