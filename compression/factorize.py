@@ -173,6 +173,26 @@ class FactorizedLinear(nn.Module):
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
 
+    def as_linear_pair(self) -> LinearPair:
+        """The same function as two plain linears (V, then U with the bias), for int8 dynamic quantisation."""
+        pair = LinearPair(self.in_features, self.out_features, self.rank, self.bias is not None)
+        pair.to(device=self.U.device, dtype=self.U.dtype)
+        with torch.no_grad():
+            pair[0].weight.copy_(self.V)
+            pair[1].weight.copy_(self.U)
+            if self.bias is not None:
+                pair[1].bias.copy_(self.bias)
+        return pair
+
+
+class LinearPair(nn.Sequential):
+    """A factorised linear as `nn.Sequential(Linear(in, rank), Linear(rank, out))`: the form dynamic
+    quantisation understands. `factorization_spec` records it like a FactorizedLinear."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True) -> None:
+        super().__init__(nn.Linear(in_features, rank, bias=False), nn.Linear(rank, out_features, bias=bias))
+        self.rank = rank
+
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
@@ -350,7 +370,7 @@ def factorization_spec(model: nn.Module) -> dict:
     {"linears": {name: rank}, "embeddings": {name: rank}}."""
     spec: dict[str, dict[str, int]] = {"linears": {}, "embeddings": {}}
     for name, m in model.named_modules():
-        if isinstance(m, FactorizedLinear):
+        if isinstance(m, (FactorizedLinear, LinearPair)):
             spec["linears"][name] = m.rank
         elif isinstance(m, FactorizedEmbedding):
             spec["embeddings"][name] = m.rank

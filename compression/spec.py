@@ -31,6 +31,7 @@ from compression.ffn import apply_ffn_config, ffn_config
 from compression.gates import GateConfig, attach_gates, attached_gates, detach_gates, l0_penalty
 from compression.heads import attention_modules, check_types
 from compression.prune import KEPT_ATTR, apply_head_config, head_config
+from compression.quantize import load_quantization, save_quantization
 from compression.sharing import apply_sharing_spec, sharing_spec
 
 SPEC_KEY = "compression"
@@ -188,13 +189,15 @@ class CompressionHooks:
                 attach_gates(network, new)
 
     def save_compression(self, checkpoint: dict) -> None:
-        """Store the compression spec of the network in `checkpoint`."""
+        """Store the compression spec of the network (and the module's quantisation recipe) in `checkpoint`."""
         checkpoint[SPEC_KEY] = compression_spec(self.compressible_network())
+        save_quantization(self, checkpoint)  # type: ignore[arg-type]
 
     def load_compression(self, checkpoint: dict) -> None:
         """Reshape the network to the checkpoint's spec (before Lightning loads its state dict)."""
         if SPEC_KEY in checkpoint:
             apply_compression_spec(self.compressible_network(), checkpoint[SPEC_KEY] or {})
+        load_quantization(self, checkpoint)  # type: ignore[arg-type]  # last: it acts on the reshaped network
 
     def load_state_dict(self, state_dict: Mapping[str, Tensor], strict: bool = True, assign: bool = False):
         """`nn.Module.load_state_dict`, after `check_state_dict` (a clear error, not a size mismatch)."""
