@@ -36,6 +36,9 @@ def shared_teacher_rows(r: dict) -> list[str]:
             f"| decoding, sentences/s (beam {r['beam_size']}) | {r['sents_per_s']:.1f} |"]
     if same is not None:
         rows.append(f"| sentences differing from the hypotheses of an earlier commit | {same} of {r['sentences']} |")
+    if (previous := r.get("same_hypotheses_as_previous")) is not None:
+        rows.append(f"| hypotheses identical to those measured at `{r['previous_git_commit'][:10]}` | "
+                    f"{'yes' if previous else 'no'} (SHA-256 `{r['hypotheses_sha256'][:12]}`) |")
     rows.append(f"| measured at | `{r['git_commit'][:10]}`, `{r['command']}` |")
     return rows
 
