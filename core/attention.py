@@ -51,7 +51,7 @@ class MultiHeadAttention(nn.Module):
         # Per-head multiplier (num_heads,) or (batch, num_heads); None means all ones.
         self.head_mask: Tensor | None = None
 
-    def _split(self, x: Tensor, parts: int) -> list[Tensor]:
+    def split_heads(self, x: Tensor, parts: int) -> list[Tensor]:
         """(B, T, parts*H*Dh) -> `parts` tensors of shape (B, H, T, Dh)."""
         b, t, _ = x.shape
         x = x.view(b, t, parts, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
@@ -76,17 +76,17 @@ class MultiHeadAttention(nn.Module):
         if self.num_heads == 0:  # every head pruned: only the output bias remains
             return self.out_proj(x.new_zeros(b, t, 0))
         if self.cross:
-            if memory is None:
-                raise ValueError("cross-attention needs `memory`")
-            (q,) = self._split(self.q_proj(x), 1)
+            (q,) = self.split_heads(self.q_proj(x), 1)
             if cache is not None and "k" in cache:
                 k, v = cache["k"], cache["v"]
             else:
-                k, v = self._split(self.kv_proj(memory), 2)
+                if memory is None:
+                    raise ValueError("cross-attention needs `memory` (or its keys/values in `cache`)")
+                k, v = self.split_heads(self.kv_proj(memory), 2)
                 if cache is not None:
                     cache["k"], cache["v"] = k, v
         else:
-            q, k, v = self._split(self.qkv_proj(x), 3)
+            q, k, v = self.split_heads(self.qkv_proj(x), 3)
             if cache is not None:
                 if "k" in cache:
                     k = torch.cat([cache["k"], k], dim=2)

@@ -126,9 +126,9 @@ class BertModel(nn.Module):
         Returns the last hidden state (B, T, hidden), or with `all_hidden_states` the list
         [embeddings, layer 1, ..., layer L] like HF's `hidden_states`.
         """
-        # Without padding, no mask lets SDPA take its fastest kernel.
+        # Without padding, no mask lets SDPA take its fastest kernel (an exported graph always applies it).
         mask = None
-        if attention_mask is not None and not bool(attention_mask.all()):
+        if attention_mask is not None and (torch.compiler.is_exporting() or not bool(attention_mask.all())):
             mask = key_mask(attention_mask)
         x = self.embeddings(input_ids, token_type_ids, extra_embeddings)
         states = [x]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 from tokenizers import Tokenizer
-from torch import nn
+from torch import Tensor, nn
 
 from core.hf_import import load_tokenizer
 from core.tasks import TASK_KEY, Task
@@ -72,3 +72,42 @@ class BertEncoderTask(Task):
     def example_inputs(self, module, batch_size: int, seq_len: int, seed: int) -> tuple:
         """Random (sub-token ids, all-ones attention mask); ids above the special-token range of real vocabularies."""
         return random_bert_inputs(module.bert.cfg.vocab_size, batch_size, seq_len, seed)
+
+    # The exported graph's output: the module's forward result (logits of a tagger, a sentence embedding).
+    onnx_output: str = "output"
+
+    def onnx_inputs(self, module, input_ids: Tensor, attention_mask: Tensor) -> dict[str, Tensor]:
+        """The named inputs of the module's forward, in order, for a batch of sub-token ids."""
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    def onnx_graphs(self, module) -> list:
+        """One graph: the module's forward, dynamic batch and length (traced on a padded batch)."""
+        from core.onnx import OnnxGraph
+
+        ids, mask = random_bert_inputs(module.bert.cfg.vocab_size, 2, 7, seed=0)
+        mask[1, 4:] = 0
+        inputs = self.onnx_inputs(module, ids, mask)
+        longest = module.bert.cfg.max_position_embeddings
+        batch, length = torch.export.Dim("batch"), torch.export.Dim("length", max=longest)
+        return [OnnxGraph(_Forward(module), tuple(inputs.values()), list(inputs), [self.onnx_output],
+                          (tuple({0: batch, 1: length} for _ in inputs),))]  # one entry: forward(*args)
+
+    def attach_onnx(self, module, path) -> None:
+        """`module(...)` runs the exported graph on ONNX Runtime (the rest of the module is unchanged)."""
+        from core.onnx import Session
+
+        ids = torch.zeros(1, 1, dtype=torch.long)
+        session = Session(path, list(self.onnx_inputs(module, ids, ids)), f"a {self.name!r} model")
+        module.forward = lambda *args: session(*args[:len(session.inputs)])[0]
+
+
+class _Forward(nn.Module):
+    """A LightningModule's forward as a plain module, for `torch.onnx.export`."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args: Tensor) -> Tensor:
+        """The wrapped module's forward."""
+        return self.module(*args)

@@ -166,3 +166,10 @@ def check_vocab_size(tokenizer: Tokenizer, model: BertModel) -> None:
     if size != rows:
         raise ValueError(f"tokenizer has {size} tokens but the word embeddings have {rows} rows; "
                          "the tokenizer and the weights come from different checkpoints")
+
+
+def sentence_max_length(folder: str | Path | None = None) -> int | None:
+    """The maximum input length a sentence-transformers folder declares (`max_seq_length` of
+    sentence_bert_config.json, 256 for all-MiniLM-L6-v2), or None without one."""
+    config = Path(folder or default_checkpoint_dir()) / "sentence_bert_config.json"
+    return json.loads(config.read_text())["max_seq_length"] if config.is_file() else None

@@ -58,10 +58,25 @@ class Task:
     training_only_hparams: ClassVar[frozenset[str]] = frozenset()
     # Checkpoint entries besides the state dict that must be equal for checkpoints to be averaged.
     same_entries: ClassVar[tuple[str, ...]] = ()
+    # State-dict prefixes of weights used outside the exported ONNX graphs (kept in the file's metadata).
+    onnx_host_prefixes: ClassVar[tuple[str, ...]] = ()
 
     def load(self, path: str | Path) -> LightningModule:
-        """The checkpoint's module on CPU in eval mode, rebuilt from the file alone (teacher not loaded)."""
+        """The checkpoint's module on CPU in eval mode, rebuilt from the file alone (teacher not loaded); an
+        `.onnx` file exported by `core.onnx` gives the module running on ONNX Runtime."""
+        if Path(path).suffix == ".onnx":
+            from core.onnx import load_onnx  # onnx / onnxruntime only when an exported model is used
+
+            return load_onnx(path, self.name)
         return load_module(self.module_class, path).eval()
+
+    def onnx_graphs(self, module: LightningModule) -> list:
+        """The `core.onnx.OnnxGraph`s the module's model is exported as (the first one's file is the model)."""
+        raise NotImplementedError(f"task {self.name!r} has no ONNX export")
+
+    def attach_onnx(self, module: LightningModule, path: Path) -> None:
+        """Make `module` (rebuilt from the exported skeleton) run its graphs from `path` on ONNX Runtime."""
+        raise NotImplementedError(f"task {self.name!r} has no ONNX export")
 
     def network(self, module: LightningModule) -> nn.Module:
         """The network whose heads, FFNs and layers compression changes."""

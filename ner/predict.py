@@ -45,6 +45,15 @@ def read_input(path: Path, fmt: str) -> tuple[list[Sentence], bool]:
     return sentences, False
 
 
+def load_tagger(path: str | Path) -> TaggerModule:
+    """A TaggerModule from a checkpoint, or from an `.onnx` file exported by `export.py` (runs on ONNX Runtime)."""
+    if Path(path).suffix == ".onnx":
+        from core.onnx import load_onnx
+
+        return load_onnx(path, TaggerModule.task_name)
+    return load_module(TaggerModule, path)
+
+
 def predict_file(
     checkpoint: str | Path, input_path: str | Path, output_path: str | Path, fmt: str = "auto",
     batch_size: int = 32, constrained: bool | None = None,
@@ -54,9 +63,7 @@ def predict_file(
     `constrained` overrides the checkpoint's decoding: True decodes a softmax tagger by
     IOB2-constrained Viterbi, False by per-word argmax (a CRF tagger always uses its Viterbi).
     """
-    # Our own checkpoints hold NumPy RNG state (core.training.RNGStateCallback), which the
-    # weights-only unpickler refuses; they are trusted files written by train.py.
-    model = load_module(TaggerModule, checkpoint)
+    model = load_tagger(checkpoint)
     if constrained is not None:
         model.constrained_decoding = constrained
     sentences, has_gold = read_input(Path(input_path), fmt)
@@ -80,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="tagger checkpoint written by train.py (e.g. .../last.ckpt)")
+    parser.add_argument("checkpoint", help="tagger checkpoint (e.g. .../last.ckpt) or exported .onnx")
     parser.add_argument("input", help="raw text (one sentence a line) or a CoNLL file")
     parser.add_argument("output", help="CoNLL output file to write")
     parser.add_argument("--format", choices=["auto", "text", "conll"], default="auto",

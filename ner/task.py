@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -31,6 +32,15 @@ class TaggingTask(BertEncoderTask):
         "tokenizer", "schemes",  # data_spec: tokenizer path (its content is `tokenizer_json`), source tag schemes
         "context_tokens", "max_length",  # input windowing: the soup tags with the first file's setting
     })
+    onnx_output = "logits"
+    onnx_host_prefixes = ("crf.",)  # Viterbi decoding runs in Python on the graph's logits
+
+    def onnx_inputs(self, module: TaggerModule, input_ids: Tensor, attention_mask: Tensor) -> dict[str, Tensor]:
+        """Sub-token ids and mask, and the casing classes when the tagger embeds them."""
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if module.casing_embed is not None:
+            inputs["casing"] = torch.zeros_like(input_ids)
+        return inputs
 
     def scoring_batches(self, module: TaggerModule, files: Sequence[Path], limit: int,
                         batch_size: int) -> list[dict]:

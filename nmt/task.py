@@ -69,3 +69,15 @@ class TranslationTask(Task):
     def count_tokens(self, inputs: tuple) -> int:
         """Target tokens: FLOPs and speed are per generated token."""
         return inputs[-1].numel()
+
+    def onnx_graphs(self, module: TranslationModule) -> list:
+        """The encoder graph and the decoder-step graph (`nmt.onnx`)."""
+        from nmt.onnx import onnx_graphs
+
+        return onnx_graphs(module.model)
+
+    def attach_onnx(self, module: TranslationModule, path: Path) -> None:
+        """`module.model` becomes the ONNX Runtime encoder + decoder step, so `translate` searches on them."""
+        from nmt.onnx import OnnxSeq2Seq
+
+        module.model = OnnxSeq2Seq(module.cfg, path)

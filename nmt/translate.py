@@ -24,11 +24,17 @@ from nmt.vocab import EOS_ID
 
 
 def load_translator(ckpt: str | Path, map_location: str = "cpu") -> TranslationModule:
-    """A TranslationModule in eval mode, rebuilt from the checkpoint alone (weights + vocabulary)."""
+    """A TranslationModule in eval mode, rebuilt from the checkpoint alone (weights + vocabulary); an `.onnx`
+    file exported by `export.py` decodes on ONNX Runtime with the same search."""
     path = Path(ckpt)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    module = load_module(TranslationModule, path, map_location=map_location)
+    if path.suffix == ".onnx":
+        from core.onnx import load_onnx
+
+        module = load_onnx(path, TranslationModule.task_name)
+    else:
+        module = load_module(TranslationModule, path, map_location=map_location)
     if module.vocab is None:
         raise ValueError(f"checkpoint {path} holds no vocabulary; was it written by nmt.module.TranslationModule?")
     return module.eval()
@@ -75,7 +81,7 @@ def evaluate_file(module: TranslationModule, src_file: Path, ref_file: Path, bea
 def main(argv: list[str] | None = None) -> None:
     """Translate `--input`, write `--output`, and with `--reference` score it (sacreBLEU)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ckpt", required=True)
+    parser.add_argument("--ckpt", required=True, help="checkpoint, or the .onnx encoder file export.py wrote")
     parser.add_argument("--input", required=True, type=Path)
     parser.add_argument("--output", required=True, type=Path)
     parser.add_argument("--reference", type=Path)

@@ -26,6 +26,7 @@ class SentenceEncodingTask(BertEncoderTask):
         "optimizer", "scheduler", "kd", "init_from", "checkpoint_dir", "keep_layers", "tokenizer", "max_length",
         "languages",
     })
+    onnx_output = "embeddings"  # pooled (and, if the model normalises, unit-length) sentence embeddings
 
     def scoring_batches(self, module: SentenceEncoderModule, files: Sequence[Path], limit: int,
                         batch_size: int) -> list[dict]:
