@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,10 +140,16 @@ def quantize_onnx(src: Path, dst: Path) -> Path:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with tempfile.TemporaryDirectory() as tmp:
-        staged = Path(tmp) / dst.name
-        quantize_dynamic(src, staged, weight_type=QuantType.QInt8, per_channel=True)
-        proto = onnx.load(staged)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))  # the quantiser logs a line per MatMul it skips (attention scores)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            staged = Path(tmp) / dst.name
+            quantize_dynamic(src, staged, weight_type=QuantType.QInt8, per_channel=True)
+            proto = onnx.load(staged)
+    finally:
+        root.setLevel(level)
     source = onnx.load(src, load_external_data=False)
     onnx.helper.set_metadata_props(proto, {p.key: p.value for p in source.metadata_props})
     onnx.save(proto, dst)
@@ -206,6 +214,8 @@ def load_onnx(path: str | Path, task_name: str | None = None) -> Any:
     with tempfile.TemporaryDirectory() as tmp:
         skeleton = Path(tmp) / "skeleton.ckpt"
         skeleton.write_bytes(base64.b64decode(meta[SKELETON_KEY]))
-        module = load_module(task.module_class, skeleton, strict=False).eval()
+        with warnings.catch_warnings():  # the skeleton lacks the graph weights on purpose
+            warnings.filterwarnings("ignore", message=".*(not in the checkpoint|contains no parameters).*")
+            module = load_module(task.module_class, skeleton, strict=False).eval()
     task.attach_onnx(module, Path(path))
     return module
