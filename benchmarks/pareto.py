@@ -20,7 +20,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks/results"
 OUT = RESULTS / "pareto"
-METRICS = {"nmt": "test2016 BLEU (beam 5)", "ner": "CoNLL-2003 test F1", "sts": "STS-B dev en Spearman (max length 256)"}
+METRICS = {"nmt": "test2016 BLEU (beam 5)", "ner": "CoNLL-2003 test F1",
+           "sts": "STS-B dev en Spearman (max length 256)"}
 log = logging.getLogger(__name__)
 
 
