@@ -37,15 +37,16 @@ def main(argv: list[str] | None = None) -> list[Path]:
     p.add_argument("--output", required=True, type=Path, help="*.ckpt: a quantised checkpoint; *.onnx: ONNX files")
     p.add_argument("--dtype", choices=DTYPES, help="for a .ckpt output: int8 (dynamic, linear layers) or bf16")
     p.add_argument("--exclude", nargs="*", default=[], help="linear-layer name patterns kept in fp32 under int8")
+    p.add_argument("--task", default=None, help="the task of a checkpoint written before tasks were recorded (nmt)")
     p.add_argument("--int8", action="store_true", help="for an .onnx output: also write ONNX Runtime's int8 copy")
     p.add_argument("--opset", type=int, default=MIN_OPSET, help="ONNX opset (default: %(default)s)")
     args = p.parse_args(argv)
     if args.output.suffix == ".onnx":
-        written = export_onnx(args.ckpt, args.output, opset=args.opset, int8=args.int8)
+        written = export_onnx(args.ckpt, args.output, opset=args.opset, int8=args.int8, task=args.task)
     elif args.output.suffix == ".ckpt":
         if args.dtype is None:
             p.error("a .ckpt output is a quantised checkpoint: give --dtype int8 or --dtype bf16")
-        _, module = load_task_module(args.ckpt)
+        _, module = load_task_module(args.ckpt, args.task)
         before = serialized_bytes(module)
         quantize(module, args.dtype, args.exclude)
         save_module_checkpoint(module, args.output)

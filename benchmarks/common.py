@@ -41,5 +41,6 @@ def write_results(path: Path, results: dict, markdown: str | None = None) -> Non
 def quiet_trainer(progress: bool = False, **kwargs) -> L.Trainer:
     """A CPU Trainer for a study's in-process fits and evaluations: no logger, no model summary (its FLOPs column
     reads 0: `compression.measure` measures FLOPs), a progress bar only on request."""
+    kwargs.setdefault("use_distributed_sampler", False)  # the lab's batch samplers shard themselves
     return L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=progress, enable_model_summary=False,
                      **kwargs)

@@ -24,6 +24,7 @@ STUDIES = {
     "compression": "Compression I: factorisation, sharing, distillation",
     "head_pruning": "Attention-head pruning: L0 gates and Taylor importance",
     "sts": "Prune-then-distil a sentence encoder (STS-B)",
+    "deploy": "Deployable compression: int8, bf16 and ONNX Runtime",
 }
 log = logging.getLogger(__name__)
 

@@ -4,9 +4,9 @@ int8 is *dynamic* quantisation of linear layers (weights int8 per output channel
 on the fly per batch) through `torch.ao.quantization.quantize_dynamic`. Why torch.ao and not torchao:
 on the pinned CPU torch it is part of torch itself (no extra package that could pull another torch), its
 x86 backend (fbgemm / oneDNN) uses this CPU's AVX-512 VNNI int8 dot products, and dynamic quantisation
-needs no calibration data, so it applies to any task's model the same way. Measured on one core here
-(six MiniLM-sized FFNs, 640 tokens): torch.ao int8 2.2x faster than fp32, torchao 0.18's
-`Int8DynamicActivationInt8WeightConfig` 1.02x in eager mode (its speed needs `torch.compile`). torch
+needs no calibration data, so it applies to any task's model the same way. torchao's
+`Int8DynamicActivationInt8WeightConfig` gets its speed from `torch.compile`, which the lab's eager
+inference and beam search do not use; the measured int8 speed-ups are `benchmarks.deploy.run`'s. torch
 deprecates its quantised tensors in favour of torchao (pytorch issue 184982); the warning is silenced here
 and the day it matters, only `_quantize_int8` changes. bf16 casts the whole module (weights and
 activations; this CPU has AVX-512 BF16). Search and losses already compute scores in fp32.

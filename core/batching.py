@@ -42,14 +42,16 @@ class LengthBatchSampler(Sampler[list[int]]):
 
     `lengths` decide the padding (a batch costs max length x size); `tiebreak` (optional)
     orders items of equal length (e.g. source length under target length). With several
-    processes each rank takes every `num_replicas`-th batch, the same count on every rank.
+    processes each rank takes every `num_replicas`-th batch: with `even_ranks` (training, where
+    DDP steps all ranks together) the same count on every rank, the last few batches dropped;
+    without (evaluation) every batch once, some ranks one more.
     `resume_at(epoch, n)` makes that epoch's iteration start after its first `n` batches.
     """
 
     def __init__(
         self, lengths: Sequence[int], max_tokens: int | None = None, batch_size: int | None = None,
         shuffle: bool = False, seed: int = 0, rank: int = 0, num_replicas: int = 1,
-        tiebreak: Sequence[int] | None = None,
+        tiebreak: Sequence[int] | None = None, even_ranks: bool = True,
     ) -> None:
         if (max_tokens is None) == (batch_size is None):
             raise ValueError("give exactly one of max_tokens and batch_size")
@@ -57,7 +59,9 @@ class LengthBatchSampler(Sampler[list[int]]):
         self.tiebreak = np.asarray(tiebreak) if tiebreak is not None else np.zeros_like(self.lengths)
         self.sampler = EpochPermutation(len(self.lengths), shuffle, seed)
         self.max_tokens, self.batch_size, self.shuffle, self.seed = max_tokens, batch_size, shuffle, seed
-        self.rank, self.num_replicas = rank, num_replicas
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in [0, num_replicas={num_replicas})")
+        self.rank, self.num_replicas, self.even_ranks = rank, num_replicas, even_ranks
         self._resume: tuple[int, int] | None = None
 
     def resume_at(self, epoch: int, batches_done: int) -> None:
@@ -90,8 +94,8 @@ class LengthBatchSampler(Sampler[list[int]]):
         if self.shuffle:
             rng = np.random.default_rng([self.seed, self.sampler.epoch, 1])
             batches = [batches[j] for j in rng.permutation(len(batches))]
-        per_rank = len(batches) // self.num_replicas
-        return batches[self.rank :: self.num_replicas][:per_rank]
+        mine = batches[self.rank :: self.num_replicas]
+        return mine[: len(batches) // self.num_replicas] if self.even_ranks else mine
 
     def __iter__(self) -> Iterator[list[int]]:
         # A generator on purpose: Lightning calls iter() before set_epoch(), so the epoch (and
@@ -134,8 +138,16 @@ class ResumableDataModule(L.LightningDataModule):
                           generator=torch.Generator().manual_seed(sampler.seed))
 
     def shard(self) -> tuple[int, int]:
-        """(rank, world size) of this process for training batches."""
-        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        """(rank, world size) of this process: training and evaluation batches are split across processes.
+
+        The batch samplers shard themselves, so Lightning must not inject a `DistributedSampler`
+        (`core.cli` defaults `trainer.use_distributed_sampler` to false); a Trainer that would is refused."""
+        if self.trainer is None:
+            return 0, 1
+        if self.trainer.world_size > 1 and self.trainer._accelerator_connector.use_distributed_sampler:
+            raise ValueError("this datamodule's batch sampler shards batches across processes itself: build the "
+                             "Trainer with use_distributed_sampler=False (--trainer.use_distributed_sampler false)")
+        return self.trainer.global_rank, self.trainer.world_size
 
     def state_dict(self) -> dict:
         """Position in the epoch's batch order, saved in every checkpoint."""

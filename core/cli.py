@@ -9,6 +9,7 @@ into the run record).
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -43,11 +44,15 @@ class LabCLI(LightningCLI):
         parser.add_argument("--ckpt_path", type=str | None, default=None,
                             help="checkpoint to resume from (e.g. <run>/checkpoints/last.ckpt)")
         parser.add_argument("--test", type=bool, default=True, help="evaluate on the test split after fit")
+        parser.add_argument("--fit", type=bool, default=True,
+                            help="false: only evaluate --ckpt_path on the validation (and, with --test, test) split")
         parser.link_arguments("data", "model.init_args.data_spec", compute_fn=lambda dm: dm.spec(),
                               apply_on="instantiate")
         # `last.ckpt` is what resume uses; `--checkpoint.every_n_train_steps N` adds mid-epoch saves.
         parser.add_lightning_class_args(LastBatchSafeCheckpoint, "checkpoint")
-        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0})
+        # The datamodules' batch samplers shard training and evaluation batches across processes themselves.
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0,
+                             "trainer.use_distributed_sampler": False})
 
     def instantiate_trainer(self, **kwargs):
         """The configured Trainer, writing checkpoints atomically (`AtomicCheckpointIO`).
@@ -101,7 +106,26 @@ def main(args: list[str] | None = None) -> LabCLI:
         seed_everything_default=1234,
     )
     # Our own checkpoints hold dataclass hparams and RNG states, so not weights-only.
-    cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=cli.config.ckpt_path, weights_only=False)
+    if cli.config.fit:
+        cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=cli.config.ckpt_path, weights_only=False)
+    else:
+        if not cli.config.ckpt_path:
+            raise ValueError("--fit false evaluates a checkpoint: give it with --ckpt_path")
+        cli.trainer.validate(cli.model, cli.datamodule, ckpt_path=cli.config.ckpt_path, weights_only=False)
+        write_metrics(cli.trainer, "validate")
     if cli.config.test:
-        cli.trainer.test(cli.model, cli.datamodule, ckpt_path=None)
+        cli.trainer.test(cli.model, cli.datamodule, ckpt_path=None if cli.config.fit else cli.config.ckpt_path,
+                         weights_only=False)
+        write_metrics(cli.trainer, "test")
     return cli
+
+
+def write_metrics(trainer: L.Trainer, stage: str) -> None:
+    """Add the stage's logged metrics (whole split, reduced across processes) to `<run>/metrics.json` (rank 0)."""
+    if not trainer.is_global_zero:
+        return
+    path = Path(trainer.logger.log_dir if trainer.logger else trainer.default_root_dir) / "metrics.json"
+    metrics = json.loads(path.read_text()) if path.is_file() else {}
+    metrics[stage] = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics, indent=1, sort_keys=True))

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from core.config import load_module
-from core.tasks import TASK_KEY, get_task
+from core.tasks import get_task, load_task_module
 
 SKELETON_KEY = "lab.skeleton"  # ONNX metadata: base64 torch.save of the checkpoint without its graph weights
 TASK_META = "lab.task"
@@ -99,17 +99,16 @@ def _skeleton(checkpoint: dict, host_prefixes: Sequence[str]) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def export_onnx(checkpoint: str | Path, path: str | Path, opset: int = MIN_OPSET, int8: bool = False) -> list[Path]:
+def export_onnx(checkpoint: str | Path, path: str | Path, opset: int = MIN_OPSET, int8: bool = False,
+                task: str | None = None) -> list[Path]:
     """Export the checkpoint's model to `path` (+ sibling files for further graphs); with `int8` also
-    `int8_path(...)` of each. Returns the files written."""
+    `int8_path(...)` of each; `task` names the task of a checkpoint written before tasks were recorded.
+    Returns the files written."""
     import onnx
 
     check_opset(opset)
+    task, module = load_task_module(checkpoint, task)
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    if TASK_KEY not in ckpt:
-        raise ValueError(f"{checkpoint}: not a checkpoint of this lab (no {TASK_KEY!r} entry)")
-    task = get_task(ckpt[TASK_KEY])
-    module = task.load(checkpoint)
     check_exportable(module)
     graphs = task.onnx_graphs(module)
     written = []

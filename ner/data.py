@@ -146,10 +146,10 @@ class CoNLLDataModule(ResumableDataModule):
     def _loader(self, split: str) -> DataLoader:
         examples = self.examples[split]
         train = split == "train"
-        rank, world = self.shard() if train else (0, 1)
+        rank, world = self.shard()
         sampler = LengthBatchSampler([len(e.input_ids) for e in examples], max_tokens=self.batch_tokens,
                                      batch_size=self.batch_size, shuffle=train, seed=self.seed, rank=rank,
-                                     num_replicas=world)
+                                     num_replicas=world, even_ranks=train)
         pad_id = self.tokenizer.token_to_id("[PAD]") or 0
         return self.make_loader(examples, sampler, partial(collate, pad_id=pad_id), train=train,
                                 num_workers=self.num_workers)

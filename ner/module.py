@@ -37,6 +37,7 @@ from core.bert import BertConfig, BertModel
 from core.bert_task import BertTask
 from core.config import ResolvedConfig
 from core.hf_import import check_vocab_size, default_checkpoint_dir, load_bert
+from core.metrics import GatheredRows
 from core.optim import OptimizerConfig, SchedulerConfig, as_dataclass, configure
 from ner.align import CASING, IGNORE, SentenceEncoder, document_context
 from ner.conll import read_conll, to_iob2
@@ -136,7 +137,9 @@ class TaggerModule(ResolvedConfig, BertTask, CompressionHooks, LightningModule):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(hidden, len(self.labels))
         self.crf = CRF(self.labels) if crf else None
-        self._outputs: list[Tensor] = []
+        # (sentence, word, gold, predicted) rows of every process: sharded evaluation scores the whole split.
+        self.eval_rows = nn.ModuleDict({"val": GatheredRows(4, self._entity_scores),
+                                        "test": GatheredRows(4, self._entity_scores)})
         self.init_compression(init_from)  # weights first, then the student's shape
         shape = self.student_shape
         shape_bert_student(self.bert, shape.factorize_embedding_rank, shape.share_layers, shape.keep_layers)
@@ -261,15 +264,15 @@ class TaggerModule(ResolvedConfig, BertTask, CompressionHooks, LightningModule):
         rows, cols = first.nonzero(as_tuple=True)
         predicted = self.predict_labels(logits, batch["word_ids"])
         return torch.stack([batch["sentence"][rows], batch["word_ids"][rows, cols],
-                            batch["labels"][rows, cols], predicted[rows, cols]], dim=1).cpu()
+                            batch["labels"][rows, cols], predicted[rows, cols]], dim=1)
 
     @override
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._outputs.append(self._word_rows(batch, self._logits(batch)))
+        self.eval_rows["val"].update(self._word_rows(batch, self._logits(batch)))
 
     @override
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._outputs.append(self._word_rows(batch, self._logits(batch)))
+        self.eval_rows["test"].update(self._word_rows(batch, self._logits(batch)))
 
     @override
     def on_validation_epoch_end(self) -> None:
@@ -294,13 +297,17 @@ class TaggerModule(ResolvedConfig, BertTask, CompressionHooks, LightningModule):
             out[-1].append(self.labels[label])
         return out
 
+    def _entity_scores(self, rows: Tensor) -> dict[str, float]:
+        """Word-level entity P/R/F1, overall and per type, of `_word_rows` rows."""
+        rows = rows.cpu().long()
+        sentences = float(len(rows[:, 0].unique()))  # over all processes: each tagged its share
+        return {**entity_scores(self._sentences(rows, 2), self._sentences(rows, 3), self.labels),
+                "sentences": sentences}
+
     def _score(self, prefix: str) -> dict[str, float]:
-        """Word-level entity P/R/F1 of the collected outputs, overall and per type, keys `<prefix>/...`."""
-        if not self._outputs:  # e.g. limit_val_batches=0
-            return {}
-        rows = torch.cat(self._outputs)
-        self._outputs.clear()
-        scores = entity_scores(self._sentences(rows, 2), self._sentences(rows, 3), self.labels)
+        """The scores of the split evaluated (all processes), keys `<prefix>/...`; {} if nothing was evaluated."""
+        scores = self.eval_rows[prefix].compute()
+        self.eval_rows[prefix].reset()
         return {f"{prefix}/{k}": v for k, v in scores.items()}
 
     @torch.no_grad()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from core.config import load_module
 from ner.conll import TAG_RE, Sentence, read_conll, to_iob2
 from ner.module import TaggerModule
 
@@ -47,11 +46,9 @@ def read_input(path: Path, fmt: str) -> tuple[list[Sentence], bool]:
 
 def load_tagger(path: str | Path) -> TaggerModule:
     """A TaggerModule from a checkpoint, or from an `.onnx` file exported by `export.py` (runs on ONNX Runtime)."""
-    if Path(path).suffix == ".onnx":
-        from core.onnx import load_onnx
+    from core.tasks import get_task  # ner.task imports this package's modules: resolve the task at call time
 
-        return load_onnx(path, TaggerModule.task_name)
-    return load_module(TaggerModule, path)
+    return get_task(TaggerModule.task_name).load(path)
 
 
 def predict_file(

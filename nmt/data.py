@@ -58,16 +58,18 @@ class ParallelSplit:
         return i
 
 
+def pad(seqs: list[list[int]]) -> torch.Tensor:
+    """Id sequences as one (batch, longest) tensor, right-padded with PAD_ID."""
+    out = torch.full((len(seqs), max(map(len, seqs))), PAD_ID, dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        out[row, : len(seq)] = torch.tensor(seq)
+    return out
+
+
 def collate(split: ParallelSplit, indices: list[int]) -> dict:
     """Padded tensors: src = ids+EOS, tgt_in = BOS+ids, tgt_out = ids+EOS; plus raw text."""
     src = [split.src_ids[i] + [EOS_ID] for i in indices]
     tgt = [split.tgt_ids[i] for i in indices]
-
-    def pad(seqs: list[list[int]]) -> torch.Tensor:
-        out = torch.full((len(seqs), max(map(len, seqs))), PAD_ID, dtype=torch.long)
-        for row, seq in enumerate(seqs):
-            out[row, : len(seq)] = torch.tensor(seq)
-        return out
 
     return {
         "src": pad(src),
@@ -149,11 +151,11 @@ class TranslationDataModule(ResumableDataModule):
 
     def _loader(self, name: str, train: bool, max_tokens: int) -> DataLoader:
         split = self.splits[name]
-        rank, world = self.shard() if train else (0, 1)
+        rank, world = self.shard()
         src_lens, tgt_lens = [len(s) + 1 for s in split.src_ids], [len(t) + 1 for t in split.tgt_ids]
         sampler = LengthBatchSampler(
             [max(s, t) for s, t in zip(src_lens, tgt_lens, strict=True)], max_tokens=max_tokens,
-            shuffle=train, seed=self.seed, rank=rank, num_replicas=world, tiebreak=src_lens,
+            shuffle=train, seed=self.seed, rank=rank, num_replicas=world, tiebreak=src_lens, even_ranks=train,
         )
         return self.make_loader(split, sampler, lambda idx: collate(split, idx), train=train)
 

@@ -16,9 +16,11 @@ from compression.gates import GateConfig
 from compression.spec import CompressionHooks
 from compression.student import KDConfig, attach_teacher, get_teacher, load_teacher, parameter_line, prepare_teacher
 from core.config import ResolvedConfig
+from core.metrics import TokenMean
 from core.optim import OptimizerConfig, SchedulerConfig, as_dataclass, configure
 from core.tasks import TASK_KEY
 from nmt.loss import label_smoothed_ce
+from nmt.metrics import CorpusBLEU
 from nmt.model import Seq2SeqConfig, Seq2SeqTransformer
 from nmt.search import beam_search, greedy_search
 from nmt.vocab import Vocab, VocabSpec
@@ -94,7 +96,10 @@ class TranslationModule(ResolvedConfig, CompressionHooks, L.LightningModule):
         arch = as_dataclass(Seq2SeqConfig, arch)
         self.model = Seq2SeqTransformer(replace(arch, **asdict(spec)) if spec is not None else arch)
         self.vocab: Vocab | None = None
-        self._outputs: list[tuple[str, str, str]] = []
+        self._outputs: list[tuple[str, str, str]] = []  # this process's (source, reference, hypothesis)
+        # Token-weighted loss and corpus BLEU/chrF reduced across processes: sharded evaluation is exact.
+        self.eval_loss = nn.ModuleDict({"val": TokenMean(), "test": TokenMean()})
+        self.eval_bleu = nn.ModuleDict({"val": CorpusBLEU(), "test": CorpusBLEU()})
         self.setup_compression(gates, init_from)
         attach_teacher(self, load_teacher(TranslationModule, self.kd.teacher) if self.kd else None)
         self._check_teacher_vocab()
@@ -180,8 +185,9 @@ class TranslationModule(ResolvedConfig, CompressionHooks, L.LightningModule):
     def _eval_step(self, batch: dict, stage: str, beam_size: int) -> None:
         logits = self.model(batch["src"], batch["tgt_in"])
         loss_sum, ntokens = label_smoothed_ce(logits, batch["tgt_out"], 0.0, self.cfg.pad_id)
-        self.log(f"{stage}/loss", loss_sum / max(1, ntokens), batch_size=ntokens, sync_dist=True)
+        self.eval_loss[stage].update(loss_sum, ntokens)
         hyps = self.vocab.decode_tgt(self.translate(batch["src"], beam_size))
+        self.eval_bleu[stage].update(hyps, batch["ref_text"])
         self._outputs += list(zip(batch["src_text"], batch["ref_text"], hyps, strict=True))
 
     @override
@@ -194,15 +200,20 @@ class TranslationModule(ResolvedConfig, CompressionHooks, L.LightningModule):
 
     def _eval_epoch_end(self, stage: str) -> None:
         outputs, self._outputs = self._outputs, []
-        if not outputs:
+        scores, loss = self.eval_bleu[stage].compute(), self.eval_loss[stage].compute()  # whole split, all ranks
+        self.eval_bleu[stage].reset()
+        self.eval_loss[stage].reset()
+        if not scores["sentences"]:
             return
-        scores = corpus_scores([h for _, _, h in outputs], [r for _, r, _ in outputs])
+        self.log(f"{stage}/loss", loss)
         self.log(f"{stage}/bleu", scores["bleu"], prog_bar=True)
         self.log(f"{stage}/chrf", scores["chrf"])
+        self.log(f"{stage}/sentences", float(scores["sentences"]))  # over all processes: each decoded its share
         if stage == "val":  # TensorBoard's hparams view pairs the run's hyper-parameters with `hp_metric`
             self.log("hp_metric", scores["bleu"])
         self.last_eval = {"stage": stage, **scores, "outputs": outputs}
         if isinstance(self.logger, TensorBoardLogger) and not self.trainer.sanity_checking:
+            # Samples of this process's share (rank 0's, as Lightning's loggers write on rank 0 only).
             lines = [f"**src** {s}  \n**ref** {r}  \n**hyp** {h}" for s, r, h in outputs[: self.hparams.num_samples]]
             self.logger.experiment.add_text(f"{stage}/samples", "\n\n---\n\n".join(lines), self.global_step)
             self.logger.experiment.add_text(f"{stage}/sacrebleu_signature", scores["bleu_signature"],

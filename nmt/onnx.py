@@ -86,7 +86,9 @@ def onnx_graphs(model: Seq2SeqTransformer) -> list[OnnxGraph]:
     past = []
     for i in step.self_layers:
         attn = model.decoder[i].self_attn
-        past += [torch.randn(2, attn.num_heads, 2, attn.head_dim)] * 2
+        # Two distinct tensors: an example input passed twice would be traced as one graph input (the value cache
+        # read from the key input).
+        past += [torch.randn(2, attn.num_heads, 2, attn.head_dim) for _ in ("key", "value")]
     batch, length = torch.export.Dim("batch"), torch.export.Dim("src_length", max=cfg.max_len)
     done = torch.export.Dim("past_length", min=0, max=cfg.max_len - 1)
     names = [f"past_{kind}_{i}" for i in step.self_layers for kind in ("key", "value")]

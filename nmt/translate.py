@@ -15,10 +15,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
 from core.config import load_module
-from nmt.data import PAD_ID
+from nmt.data import pad
 from nmt.module import TranslationModule, corpus_scores
 from nmt.vocab import EOS_ID
 
@@ -30,9 +28,9 @@ def load_translator(ckpt: str | Path, map_location: str = "cpu") -> TranslationM
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.suffix == ".onnx":
-        from core.onnx import load_onnx
+        from core.tasks import get_task  # nmt.task imports this module: resolve the task at call time
 
-        module = load_onnx(path, TranslationModule.task_name)
+        module = get_task(TranslationModule.task_name).load(path)
     else:
         module = load_module(TranslationModule, path, map_location=map_location)
     if module.vocab is None:
@@ -54,10 +52,7 @@ def translate_lines(module: TranslationModule, lines: list[str], beam_size: int 
             longest = max(longest, len(ids[order[end]]))
             end += 1
         end = max(end, start + 1)
-        batch = [ids[i] for i in order[start:end]]
-        src = torch.full((len(batch), max(map(len, batch))), PAD_ID, dtype=torch.long)
-        for row, seq in enumerate(batch):
-            src[row, : len(seq)] = torch.tensor(seq)
+        src = pad([ids[i] for i in order[start:end]])
         hyps = module.vocab.decode_tgt(module.translate(src.to(module.device), beam_size))
         for i, hyp in zip(order[start:end], hyps, strict=True):
             out[i] = hyp

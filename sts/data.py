@@ -195,8 +195,13 @@ class SentenceDataModule(ResumableDataModule):
         return [self.sts_loader(pairs) for pairs in self.sts.values()]
 
     def sts_loader(self, pairs: list[STSPair]) -> DataLoader:
-        """Batches {"a": ids/mask of sentence1, "b": of sentence2, "score"} in file order."""
-        return DataLoader(pairs, batch_size=self.hparams.eval_batch_size,
+        """Batches {"a": ids/mask of sentence1, "b": of sentence2, "score"} in file order; under DDP each
+        process takes every world-size-th batch."""
+        rank, world = self.shard()
+        # Equal "lengths": the sampler's stable sort keeps file order, so one process sees the batches it always did.
+        sampler = LengthBatchSampler([0] * len(pairs), batch_size=self.hparams.eval_batch_size, rank=rank,
+                                     num_replicas=world, even_ranks=False)
+        return DataLoader(pairs, batch_sampler=sampler,
                           collate_fn=partial(collate_pairs, self.tokenizer, max_length=self.hparams.max_length))
 
 

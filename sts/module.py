@@ -41,6 +41,7 @@ from core.bert import BertConfig, BertModel
 from core.bert_task import BertTask
 from core.config import ResolvedConfig, load_module
 from core.hf_import import check_vocab_size, default_checkpoint_dir, load_bert
+from core.metrics import GatheredRows
 from core.optim import OptimizerConfig, SchedulerConfig, as_dataclass, configure
 from sts.data import SentenceSpec, tokenize
 
@@ -78,6 +79,15 @@ def pool(hidden: Tensor, attention_mask: Tensor, pooling: str = "mean") -> Tenso
 def spearman_x100(predicted: Tensor | list[float], gold: Tensor | list[float]) -> float:
     """Spearman rank correlation x 100 (scipy.stats.spearmanr, ties averaged)."""
     return float(spearmanr(torch.as_tensor(predicted).tolist(), torch.as_tensor(gold).tolist()).statistic * 100)
+
+
+def _spearman_of_rows(rows: Tensor) -> dict[str, float]:
+    return {"spearman": spearman_x100(rows[:, 0], rows[:, 1]), "pairs": float(len(rows))}
+
+
+def _spearman_metric() -> GatheredRows:
+    """Spearman x 100 of gathered (predicted, gold) rows."""
+    return GatheredRows(2, _spearman_of_rows)
 
 
 def cosine_matrix(embeddings: Tensor) -> Tensor:
@@ -133,7 +143,8 @@ class SentenceEncoderModule(ResolvedConfig, BertTask, CompressionHooks, Lightnin
             keep_bert_layers(self.bert, keep_layers)
         self.max_length = spec.max_length
         self.teacher_cache: Tensor | None = None
-        self._val: dict[int, list[Tensor]] = {}
+        # (cosine, gold) pairs of every process per validation language: sharded validation is exact.
+        self.eval_pairs = nn.ModuleDict({lang: _spearman_metric() for lang in spec.languages})
         self.init_compression(init_from)
         attach_teacher(self, self._load_teacher(self.kd.teacher) if self.kd.teacher else None)
 
@@ -241,19 +252,21 @@ class SentenceEncoderModule(ResolvedConfig, BertTask, CompressionHooks, Lightnin
     @override
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         cosine = F.cosine_similarity(self.embed(**batch["a"]), self.embed(**batch["b"]), dim=-1)
-        self._val.setdefault(dataloader_idx, []).append(torch.stack([cosine.float().cpu(), batch["score"].cpu()]))
+        languages = self.data_spec.languages
+        name = languages[dataloader_idx] if dataloader_idx < len(languages) else str(dataloader_idx)
+        if name not in self.eval_pairs:  # loaders the data spec did not name (one process: nothing to sync)
+            self.eval_pairs[name] = _spearman_metric().to(self.device)
+        self.eval_pairs[name].update(torch.stack([cosine.float(), batch["score"].float()], dim=1))
 
     @override
     def on_validation_epoch_end(self) -> None:
-        languages = self.data_spec.languages or [str(i) for i in sorted(self._val)]
         scores = {}
-        for i, rows in sorted(self._val.items()):
-            both = torch.cat(rows, dim=1)
-            scores[f"val/spearman_{languages[i]}"] = spearman_x100(both[0], both[1])
-        self._val.clear()
+        for name, metric in self.eval_pairs.items():
+            scores |= {f"val/{key}_{name}": v for key, v in metric.compute().items()}
+            metric.reset()
         if scores:
             self.log_dict(scores)
-            self.log("hp_metric", next(iter(scores.values())))
+            self.log("hp_metric", next(v for k, v in scores.items() if k.startswith("val/spearman_")))
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict:
         """`core.optim.configure` over the encoder."""

@@ -159,6 +159,7 @@ def distil(student: SentenceEncoderModule, datamodule: SentenceDataModule, cfg: 
         max_epochs=epochs or cfg.epochs, accelerator="auto", logger=TensorBoardLogger(cfg.output_dir, name=name),
         callbacks=[TriangleSchedule(cfg.peak_lr, cfg.warmup)], enable_checkpointing=False,
         num_sanity_val_steps=0, log_every_n_steps=20, gradient_clip_val=1.0, enable_model_summary=False,
+        use_distributed_sampler=False,  # the datamodule's batch samplers shard across processes themselves
     )
     trainer.fit(student, datamodule)
     return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}

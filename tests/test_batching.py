@@ -53,3 +53,17 @@ def test_ranks_get_disjoint_shards_of_equal_size():
 def test_exactly_one_limit():
     with pytest.raises(ValueError, match="exactly one"):
         LengthBatchSampler([1, 2], max_tokens=10, batch_size=2)
+
+
+def test_evaluation_shards_cover_every_item_once_in_the_one_process_batches():
+    lengths = _lengths(101)
+    whole = LengthBatchSampler(lengths, max_tokens=300).batches()
+    ranks = [LengthBatchSampler(lengths, max_tokens=300, rank=r, num_replicas=4, even_ranks=False).batches()
+             for r in range(4)]
+    assert len(whole) % 4 != 0  # uneven: some rank has one batch more, and none is dropped
+    assert sorted(map(tuple, sum(ranks, []))) == sorted(map(tuple, whole))
+
+
+def test_rank_outside_the_world_is_refused():
+    with pytest.raises(ValueError, match="rank 2 is not in"):
+        LengthBatchSampler([1, 2], batch_size=2, rank=2, num_replicas=2)

@@ -77,6 +77,17 @@ def test_onnx_beam_search_equals_pytorch_beam_search(tmp_path: Path) -> None:
     assert torch.equal(mask, module.model.encode(SRC)[1])
     for beam in (1, 2, 4):
         assert exported.translate(SRC, beam) == module.translate(SRC, beam)
+    # Every step of a greedy decode, logits and caches, not only the hypotheses (a tiny model's argmax hides a
+    # cache read from the wrong input).
+    memory, memory_mask = module.model.encode(SRC)
+    caches, exported_caches = module.model.new_cache(), exported.model.new_cache()
+    tokens = torch.full((len(SRC), 1), module.cfg.bos_id)
+    with torch.no_grad():
+        for step in range(5):
+            want = module.model.decode(tokens, memory, memory_mask, caches, offset=step)
+            got = exported.model.decode(tokens, memory_kv, mask, exported_caches, offset=step)
+            assert (got - want).abs().max() <= 1e-4, step
+            tokens = want[:, -1:].argmax(-1)
     longer = torch.cat([SRC, torch.tensor([[11, 12], [13, 0]])], dim=1)
     assert exported.translate(longer, 3) == module.translate(longer, 3)
     int8 = load_onnx(int8_path(path))  # ONNX Runtime's dynamic int8: same interface, close scores

@@ -172,7 +172,6 @@ def main() -> None:
             module, epochs = student(teacher, dm, layers, kd=name == "kd", args=args), args.epochs
             quiet_trainer(args.progress, max_epochs=epochs, gradient_clip_val=1.0, enable_checkpointing=False,
                           limit_val_batches=0, num_sanity_val_steps=0, limit_train_batches=args.limit_train_batches,
-                          use_distributed_sampler=False,
                           callbacks=[TriangleSchedule(peak_lr=args.peak_lr, warmup=0.06)]).fit(module, dm)
         row = {"name": name, "params": parameter_counts(module.model), "epochs": epochs,
                "train_minutes": (time.perf_counter() - start) / 60, "kd": name == "kd",

@@ -27,11 +27,25 @@ def sts_rows(r: dict) -> list[str]:
 
 def ner_rows(r: dict) -> list[str]:
     """One row per tagger deployment."""
-    rows = ["| CoNLL-2003 test, constrained Viterbi | F1 | change (points) | tagging sents/s (b32) | speed-up "
-            "| forward ms batch 1 / 16 / 64 | max abs diff vs fp32 |", "|---|---|---|---|---|---|---|"]
-    rows += [f"| {x['name']} | {x['f1']:.4f} | {x['f1_change_points']:+.2f} | {x['tag_sents_per_s_b32']:.0f} "
-             f"| {x['tag_speedup_b32']:.2f}× | {_ms(x)} | {_diff(x)} |" for x in r["rows"]]
-    return rows + [f"| measured at | `{r['git_commit'][:10]}`, `{r['command']}`, {r['threads']} threads | | | | | |"]
+    rows = ["| CoNLL-2003 test, constrained Viterbi | F1 | change vs tagger fp32 / vs own fp32 (points) "
+            "| tagging sents/s (b32) | speed-up vs tagger fp32 | forward ms batch 1 / 16 / 64 "
+            "| max abs diff vs own fp32 |", "|---|---|---|---|---|---|---|"]
+    rows += [f"| {x['name']} | {x['f1']:.4f} | {x['f1_change_points']:+.2f} / {x.get('f1_change_vs_own_fp32', 0):+.2f} "
+             f"| {x['tag_sents_per_s_b32']:.0f} | {x['tag_speedup_b32']:.2f}× | {_ms(x)} | {_diff(x)} |"
+             for x in r["rows"]]
+    rows += [f"| measured at | `{r['git_commit'][:10]}`, `{r['command']}`, {r['threads']} threads | | | | | |"]
+    return rows + sensitivity_rows(r, "eng.testa", "dev F1", "tagger")
+
+
+def sensitivity_rows(r: dict, dev: str, metric: str, model: str) -> list[str]:
+    """The stage's sensitivity scan on its dev set, if it ran one."""
+    if not r.get("sensitivity_scan_dev"):
+        return []
+    return ["", f"Sensitivity scan on dev ({dev}): one linear type int8 at a time; `{model} int8-sensitive` keeps "
+            f"`{r['int8_sensitive_keeps_fp32']}` in fp32.", "",
+            f"| int8 linear type | layers | {metric} | change |", "|---|---|---|---|",
+            *[f"| {x['type']} | {x['layers']} | {x['quality']:.2f} | {x['change']:+.2f} |"
+              for x in r["sensitivity_scan_dev"]]]
 
 
 def nmt_rows(r: dict) -> list[str]:
@@ -43,7 +57,7 @@ def nmt_rows(r: dict) -> list[str]:
              f"| {x['decode_speedup']:.2f}× | {x['same_hypotheses_as_fp32']} of {x['sentences']} | {_ms(x)} "
              f"| {_diff(x)} |" for x in r["rows"]]
     return rows + [f"| measured at | `{r['git_commit'][:10]}`, `{r['command']}`, {r['threads']} threads "
-                   "| | | | | | |"]
+                   "| | | | | | |"] + sensitivity_rows(r, "Multi30k val, greedy", "val BLEU", "teacher")
 
 
 def render_result(results: dict) -> str:

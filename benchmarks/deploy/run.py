@@ -10,7 +10,10 @@ Models (each also as int8 and bf16 PyTorch, and as ONNX Runtime fp32 and int8, a
   latency of the encoder forward on real dev sentences, batch 1 / 16 / 64.
 * **ner**: the 0.90 tagger (`python -m benchmarks.ner.run --variants with_casing_soup2_constrained`), decoded by
   IOB2-constrained Viterbi; test (eng.testb) entity F1; tagging speed (`tag`, batch 32) on 512 test sentences;
-  forward latency at batch 1 / 16 / 64.
+  forward latency at batch 1 / 16 / 64. `tagger int8-sensitive` keeps in fp32 the one linear type whose int8
+  costs the most dev F1 in `sensitivity_scan` (on eng.testa, never test). With it, the <= 6M KD student
+  distilled from that tagger (`python -m benchmarks.compression.run --teacher TAGGER --constrained --rows teacher
+  kd_student_6m --student-epochs 15 --work-dir benchmarks/work/ner_student ...`) as fp32, int8 and ONNX Runtime int8.
 * **nmt**: the shared `make train` checkpoint and a 61 %-heads-pruned copy (Taylor importance, 3 / 3 / 8 heads kept
   as in the head-pruning study, no recovery fine-tuning); test2016 beam-5 BLEU; decoding sentences/s (beam 5) on
   256 test sentences; `translate` latency of batches of 1 / 16 / 64 sentences.
@@ -21,6 +24,7 @@ batches of different lengths. Writes `benchmarks/results/deploy/deploy.json` aft
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import statistics
@@ -32,7 +36,7 @@ import torch
 
 from benchmarks.common import write_results
 from compression.measure import latency, parameter_counts, time_alternating
-from compression.quantize import quantize, serialized_bytes
+from compression.quantize import quantize, sensitivity_scan, serialized_bytes
 from core.data_dir import resolve_data_dir
 from core.hf_import import default_checkpoint_dir
 from core.onnx import export_onnx, int8_path, load_onnx
@@ -45,6 +49,7 @@ RESULT = REPO / "benchmarks/results/deploy/deploy.json"
 SHARED_NMT = REPO.parent / "shared/checkpoints/nmt_small_swa.ckpt"
 STS_STUDENT = REPO / "benchmarks/work/deploy_sts/student.ckpt"
 NER_TAGGER = REPO / "benchmarks/work/ner_conll/minilm_casing_teacher__soup2.ckpt"
+NER_STUDENT = REPO / "benchmarks/work/ner_student/kd_student_6m.ckpt"  # benchmarks.compression.run, this teacher
 PRUNE_61 = "encoder_self=9,decoder_self=9,decoder_cross=4"  # of 12 each: 3 / 3 / 8 kept, 22 of 36 heads pruned
 BATCHES = (1, 16, 64)
 log = logging.getLogger(__name__)
@@ -56,7 +61,7 @@ def deployments(task_name: str, checkpoint: Path, prefix: str, kinds: tuple[str,
     out = {}
     if any(k.startswith("onnx") for k in kinds):
         onnx_file = WORK / f"{checkpoint.stem}.onnx"
-        export_onnx(checkpoint, onnx_file, int8="onnx int8" in kinds)
+        export_onnx(checkpoint, onnx_file, int8="onnx int8" in kinds, task=task_name)
     for kind in kinds:
         if kind in ("fp32", "int8", "bf16"):
             module = task.load(checkpoint)
@@ -89,13 +94,15 @@ def max_diff(models: dict, reference: str, batches: list[tuple], fn=None) -> dic
 
 
 def sizes(models: dict) -> dict:
-    """Parameters and serialized bytes of the PyTorch models; file bytes of the ONNX ones."""
+    """Parameters and serialized bytes of the PyTorch models (the ONNX graphs hold their own weights).
+
+    An int8 model keeps every weight, packed: its parameter count is its fp32 sibling's."""
     out = {}
     for name, m in models.items():
-        if "onnx" in name:  # no torch weights: the graph holds them
+        if "onnx" in name:
             continue
-        out[name] = {"params": parameter_counts(m)["total"] if "int8" not in name else None,
-                     "bytes": serialized_bytes(m)}
+        fp32 = models[name.rsplit(" ", 1)[0] + " fp32"]
+        out[name] = {"params": parameter_counts(fp32)["total"], "bytes": serialized_bytes(m)}
     return out
 
 
@@ -147,10 +154,16 @@ def ner_stage(args: argparse.Namespace) -> dict:
     from ner.conll import read_conll, to_iob2
     from ner.module import score_conll
 
+    conll = resolve_data_dir(args.data_dir, "conll2003")
+    dev = _smoke(conll / "eng.testa", args)
+    scan, keep = sensitive_type("ner", NER_TAGGER, lambda m: 100 * score_conll(m, dev)["f1"], _constrained)
     models = deployments("ner", NER_TAGGER, "tagger", ("fp32", "int8", "bf16", "onnx fp32", "onnx int8"))
+    models["tagger int8-sensitive"] = quantize(get_task("ner").load(NER_TAGGER), "int8", exclude=[keep])
+    if NER_STUDENT.is_file():
+        models |= deployments("ner", NER_STUDENT, "student", ("fp32", "int8", "onnx int8"))
     for m in models.values():
         m.constrained_decoding = True
-    test = _smoke(resolve_data_dir(args.data_dir, "conll2003") / "eng.testb", args)
+    test = _smoke(conll / "eng.testb", args)
     quality = {}
     for name, m in models.items():
         scores = score_conll(m, test)
@@ -163,15 +176,36 @@ def ner_stage(args: argparse.Namespace) -> dict:
     tag_speed = {n: len(speed_set) / statistics.median(s) for n, s in seconds.items()}
     inputs = {b: _ner_batch(models["tagger fp32"], sentences, b, seed=b) for b in BATCHES}
     timing = latency(models, inputs, repeats=args.repeats)
-    parity = max_diff(models, "tagger fp32", [_ner_batch(models["tagger fp32"], sentences, n, seed=n + 1)
-                                              for n in (16, 5)])
+    parity_batches = [_ner_batch(models["tagger fp32"], sentences, n, seed=n + 1) for n in (16, 5)]
+    parity = {}
+    for prefix in {n.split(" ")[0] for n in models}:  # each deployment against its own fp32 model
+        parity |= max_diff({n: m for n, m in models.items() if n.startswith(prefix + " ")}, f"{prefix} fp32",
+                           parity_batches)
     rows = [{"name": n, **quality[n], "f1_change_points": 100 * (quality[n]["f1"] - quality["tagger fp32"]["f1"]),
+             "f1_change_vs_own_fp32": 100 * (quality[n]["f1"] - quality[n.rsplit(" ", 2 if "onnx" in n else 1)[0]
+                                                                          + " fp32"]["f1"]),
              "tag_sents_per_s_b32": tag_speed[n], "tag_speedup_b32": tag_speed[n] / tag_speed["tagger fp32"],
              "latency_ms": {str(b): timing.at(n, b) for b in BATCHES}, "max_abs_diff_vs_fp32": parity.get(n)}
             for n in models]
     return {"rows": rows, "sizes": sizes(models), "threads": timing.threads, "repeats": timing.repeats,
             "speed_sentences": len(speed_set), "checkpoint": str(NER_TAGGER.relative_to(REPO)),
+            "sensitivity_scan_dev": scan, "int8_sensitive_keeps_fp32": keep,
             "targets": "int8: test F1 drop <= 0.3 points at >= 1.8x tagging speed (batch 32)"}
+
+
+def sensitive_type(task_name: str, checkpoint: Path, dev_quality, prepare=lambda m: m) -> tuple[list[dict], str]:
+    """`sensitivity_scan` of a checkpoint on a dev set (never test): one linear type int8 at a time; and the type
+    whose int8 costs the most dev quality, which the `int8-sensitive` deployment keeps in fp32."""
+    scan = sensitivity_scan(lambda: prepare(get_task(task_name).load(checkpoint)), dev_quality)
+    log.info("%s sensitivity (dev change per type quantised alone) %s", task_name,
+             [(r["type"], round(r["change"], 3)) for r in scan])
+    worst = min((r for r in scan if r["type"] not in ("none", "all")), key=lambda r: r["change"])
+    return scan, worst["type"]
+
+
+def _constrained(module):
+    module.constrained_decoding = True
+    return module
 
 
 def _ner_batch(module, sentences: list[list[str]], n: int, seed: int) -> tuple:
@@ -194,10 +228,14 @@ def nmt_stage(args: argparse.Namespace) -> dict:
     pruned = WORK / "nmt_pruned61.ckpt"
     data = resolve_data_dir(args.data_dir, "multi30k")
     if not pruned.is_file():
-        subprocess.run([sys.executable, str(REPO / "prune_heads.py"), "--ckpt", str(SHARED_NMT), "--method", "taylor",
-                        "--prune", PRUNE_61, "--score_data", str(data / "train.en"), str(data / "train.de"),
-                        "--output", str(pruned)], check=True, cwd=REPO)
+        subprocess.run([sys.executable, str(REPO / "prune_heads.py"), "--ckpt", str(SHARED_NMT), "--task", "nmt",
+                        "--method", "taylor", "--prune", PRUNE_61, "--score_data", str(data / "train.en"),
+                        str(data / "train.de"), "--output", str(pruned)], check=True, cwd=REPO)
+    dev_src, dev_ref = _smoke(data / "val.en", args), _smoke(data / "val.de", args)
+    # Greedy on val for the scan (a dozen decodes; the ranking of types is what it is for); beam 5 on test after.
+    scan, keep = sensitive_type("nmt", SHARED_NMT, lambda m: evaluate_file(m, dev_src, dev_ref, beam_size=1)["bleu"])
     models = {**deployments("nmt", SHARED_NMT, "teacher", ("fp32", "int8", "bf16", "onnx fp32", "onnx int8")),
+              "teacher int8-sensitive": quantize(get_task("nmt").load(SHARED_NMT), "int8", exclude=[keep]),
               **deployments("nmt", pruned, "pruned 61%", ("fp32", "int8"))}
     src, ref = _smoke(data / "test_2016_flickr.en", args), _smoke(data / "test_2016_flickr.de", args)
     quality, hyps = {}, {}
@@ -214,19 +252,15 @@ def nmt_stage(args: argparse.Namespace) -> dict:
     vocab = models["teacher fp32"].vocab
     gen = torch.Generator().manual_seed(0)
 
-    def batch(n: int) -> torch.Tensor:
-        from nmt.data import PAD_ID
+    def batch(n: int) -> torch.Tensor:  # n random test sentences as padded source ids (+ EOS)
+        from nmt.data import pad
         from nmt.vocab import EOS_ID
 
         picked = [lines[int(i)] for i in torch.randperm(len(lines), generator=gen)[:n]]
-        ids = [s + [EOS_ID] for s in vocab.encode_src(picked)]
-        out = torch.full((n, max(map(len, ids))), PAD_ID, dtype=torch.long)
-        for r, s in enumerate(ids):
-            out[r, : len(s)] = torch.tensor(s)
-        return out
+        return pad([s + [EOS_ID] for s in vocab.encode_src(picked)])
 
-    timing = latency({n: _Translate(m) for n, m in models.items()}, {b: (batch(b),) for b in BATCHES},
-                     repeats=max(3, args.repeats // 3))
+    beam5 = {n: functools.partial(m.translate, beam_size=5) for n, m in models.items()}  # `latency` calls model(*x)
+    timing = latency(beam5, {b: (batch(b),) for b in BATCHES}, repeats=max(3, args.repeats // 3))
 
     def first_step(m, b):  # next-token logits after BOS: encoder + one decoder step, through each runtime
         memory, mask = m.model.encode(b[0])
@@ -246,18 +280,8 @@ def nmt_stage(args: argparse.Namespace) -> dict:
                      "same_hypotheses_as_fp32": same, "sentences": len(hyps[n]),
                      "max_abs_diff_vs_fp32": parity.get(n)})
     return {"rows": rows, "sizes": sizes(models), "threads": timing.threads, "pruned_heads": PRUNE_61,
-            "speed_sentences": len(subset),
+            "speed_sentences": len(subset), "sensitivity_scan_dev": scan, "int8_sensitive_keeps_fp32": keep,
             "targets": "int8: beam-5 test2016 BLEU drop <= 0.3 at >= 1.5x decoding sentences/s"}
-
-
-class _Translate:
-    """`module.translate(src, 5)` as a callable for `latency` (it times `model(*inputs)`)."""
-
-    def __init__(self, module) -> None:
-        self.module = module
-
-    def __call__(self, src: torch.Tensor):
-        return self.module.translate(src, 5)
 
 
 STAGES = {"sts": sts_stage, "ner": ner_stage, "nmt": nmt_stage}
