@@ -22,6 +22,8 @@ class CorpusBLEU(Metric):
     def __init__(self) -> None:
         super().__init__()
         self.bleu, self.chrf = sacrebleu.BLEU(), sacrebleu.CHRF()
+        for metric in (self.bleu, self.chrf):  # one reference per sentence: the signature's nrefs without an update
+            metric.num_refs = 1
         bleu_stats = 2 + 2 * self.bleu.max_ngram_order  # hyp length, ref length, matches and totals per order
         chrf_stats = 3 * (self.chrf.char_order + self.chrf.word_order)  # hyp, ref, match counts per order
         self.add_state("bleu_stats", torch.zeros(bleu_stats, dtype=torch.long), dist_reduce_fx="sum")

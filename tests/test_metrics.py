@@ -22,7 +22,8 @@ def test_corpus_bleu_from_summed_statistics_equals_sacrebleu_on_the_whole_corpus
     for start in range(0, 300, 37):
         parts[start % 2].update(hyps[start:start + 37], refs[start:start + 37])
     merged = CorpusBLEU()
-    merged.merge_state(parts)  # the reduction DDP applies, in one process
+    for part in parts:
+        merged.merge_state(part)  # the reduction DDP applies (sum of the states), in one process
     got, want = merged.compute(), corpus_scores(hyps, refs)
     assert got["bleu"] == want["bleu"] and got["chrf"] == want["chrf"]
     assert got["bleu_signature"] == want["bleu_signature"] and got["sentences"] == 300
