@@ -44,7 +44,8 @@ class LengthBatchSampler(Sampler[list[int]]):
     orders items of equal length (e.g. source length under target length). With several
     processes each rank takes every `num_replicas`-th batch: with `even_ranks` (training, where
     DDP steps all ranks together) the same count on every rank, the last few batches dropped;
-    without (evaluation) every batch once, some ranks one more.
+    without (evaluation) every batch once, some ranks one more, and never none (the largest
+    batches are halved when there are fewer batches than processes).
     `resume_at(epoch, n)` makes that epoch's iteration start after its first `n` batches.
     """
 
@@ -94,6 +95,8 @@ class LengthBatchSampler(Sampler[list[int]]):
         if self.shuffle:
             rng = np.random.default_rng([self.seed, self.sampler.epoch, 1])
             batches = [batches[j] for j in rng.permutation(len(batches))]
+        if not self.even_ranks:
+            batches = _at_least(batches, self.num_replicas)
         mine = batches[self.rank :: self.num_replicas]
         return mine[: len(batches) // self.num_replicas] if self.even_ranks else mine
 
@@ -110,6 +113,18 @@ class LengthBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         # The full epoch even when resuming: Lightning counts the skipped batches as done.
         return len(self.batches())
+
+
+def _at_least(batches: list[list[int]], count: int) -> list[list[int]]:
+    """`batches` with the largest ones halved until there are `count` (every rank needs one batch)."""
+    batches = list(batches)
+    while len(batches) < count:
+        largest = max(range(len(batches)), key=lambda j: len(batches[j]), default=None)
+        if largest is None or len(batches[largest]) < 2:
+            raise ValueError(f"{sum(map(len, batches))} evaluation items cannot give each of {count} processes a batch")
+        batch = batches.pop(largest)
+        batches[largest:largest] = [batch[: len(batch) // 2], batch[len(batch) // 2 :]]
+    return batches
 
 
 class ResumableDataModule(L.LightningDataModule):

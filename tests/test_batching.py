@@ -64,6 +64,17 @@ def test_evaluation_shards_cover_every_item_once_in_the_one_process_batches():
     assert sorted(map(tuple, sum(ranks, []))) == sorted(map(tuple, whole))
 
 
+def test_evaluation_with_fewer_batches_than_ranks_still_gives_every_rank_a_batch():
+    lengths = [5] * 10  # one batch of 10 in one process
+    assert len(LengthBatchSampler(lengths, max_tokens=100).batches()) == 1
+    ranks = [LengthBatchSampler(lengths, max_tokens=100, rank=r, num_replicas=3, even_ranks=False).batches()
+             for r in range(3)]
+    assert all(ranks)
+    assert sorted(i for rank in ranks for batch in rank for i in batch) == list(range(10))
+    with pytest.raises(ValueError, match="2 evaluation items cannot give each of 3"):
+        LengthBatchSampler([5, 5], max_tokens=100, rank=0, num_replicas=3, even_ranks=False).batches()
+
+
 def test_rank_outside_the_world_is_refused():
     with pytest.raises(ValueError, match="rank 2 is not in"):
         LengthBatchSampler([1, 2], batch_size=2, rank=2, num_replicas=2)
