@@ -18,7 +18,9 @@ What is quantised:
 * an SVD-factorised linear (`compression.factorize.FactorizedLinear`) as its two thin linears;
 * pruned attention (uneven heads per layer) and pruned FFNs quantise like any linear: their projections
   are plain, smaller `nn.Linear`s.
-Embeddings (and so a tied output projection) stay fp32 under int8.
+Embeddings stay fp32 under int8. A tied output projection (the NMT model's, `untie_output_projection`) gets an
+own copy of the embedding matrix as a linear first, quantised like the others unless excluded: it is the largest
+matrix product of a decoder step.
 
 The recipe is recorded on the module (`quantization_spec`) and stored in its checkpoint by
 `compression.spec.CompressionHooks`, which re-applies it to a fresh module before the state dict loads:
@@ -87,6 +89,18 @@ def _split_factorized(module: nn.Module) -> None:
             _split_factorized(child)
 
 
+def _as_linears(module: nn.Module, exclude: Sequence[str] = ()) -> nn.Module:
+    """`module` (changed in place) with factorised linears split and tied output projections untied, unless
+    excluded: the linears int8 quantises."""
+    _split_factorized(module)
+    for name, child in list(module.named_modules()):
+        projection = f"{name}.output_projection" if name else "output_projection"
+        if hasattr(child, "untie_output_projection") and not any(
+                fnmatch.fnmatchcase(projection, pattern) for pattern in exclude):
+            child.untie_output_projection()
+    return module
+
+
 def linear_names(module: nn.Module, exclude: Sequence[str] = ()) -> list[str]:
     """Names of the `nn.Linear` layers of `module` that no `exclude` pattern matches."""
     return [name for name, m in module.named_modules() if isinstance(m, nn.Linear)
@@ -116,7 +130,7 @@ def quantize(module: nn.Module, dtype: str = "int8", exclude: Sequence[str] = ()
 
 def _quantize_int8(module: nn.Module, exclude: Sequence[str]) -> None:
     check_backend()
-    _split_factorized(module)
+    _as_linears(module, exclude)
     qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
     targets = {name: qconfig for name in linear_names(module, exclude)}
     with warnings.catch_warnings():
@@ -150,30 +164,32 @@ def module_type(name: str) -> str:
 
 def sensitivity_scan(
     fresh: Callable[[], nn.Module], evaluate: Callable[[nn.Module], float], dtype: str = "int8",
+    within: str | None = None,
 ) -> list[dict]:
     """Quantise one linear-layer type at a time and report the quality change.
 
     `fresh()` builds a new float copy of the model, `evaluate(model)` returns its quality (higher is
     better). Rows: {"type", "layers", "quality", "change"} per type, after a first row for the float
     model ("none") and a last for every type quantised ("all"), so a user sees which types to `exclude`.
+    With `within` (a type, e.g. "bert.layers.*.ffn.fc2") the rows are that type's single layers instead
+    ("all" then quantises the whole type): which one layer of a sensitive type to keep in fp32.
     """
     base_model = fresh()
     base = evaluate(base_model)
-    names = linear_names(_split_copy(base_model))
-    types = sorted({module_type(n) for n in names})
+    names = linear_names(_as_linears(base_model))
+    if within is not None:
+        names = [n for n in names if module_type(n) == within]
+        if not names:
+            raise ValueError(f"no linear layer of type {within!r} in the model")
+    types = sorted({module_type(n) if within is None else n for n in names})
+    # Per layer: every other linear type stays float throughout.
+    outside = [] if within is None else sorted({module_type(n) for n in linear_names(base_model)} - {within})
     rows = [{"type": "none", "layers": 0, "quality": base, "change": 0.0}]
     for kind in types:
-        others = [t for t in types if t != kind]
-        model = quantize(fresh(), dtype, exclude=others)
+        model = quantize(fresh(), dtype, exclude=[t for t in types if t != kind] + outside)
         quality = evaluate(model)
-        rows.append({"type": kind, "layers": sum(module_type(n) == kind for n in names), "quality": quality,
+        rows.append({"type": kind, "layers": sum(fnmatch.fnmatchcase(n, kind) for n in names), "quality": quality,
                      "change": quality - base})
-    quality = evaluate(quantize(fresh(), dtype))
+    quality = evaluate(quantize(fresh(), dtype, exclude=outside))
     rows.append({"type": "all", "layers": len(names), "quality": quality, "change": quality - base})
     return rows
-
-
-def _split_copy(module: nn.Module) -> nn.Module:
-    """`module` with factorised linears split, to list the linears int8 would see (changes `module`)."""
-    _split_factorized(module)
-    return module

@@ -54,6 +54,8 @@ class Seq2SeqTransformer(nn.Module):
         # Pre-norm stacks need a final norm; post-norm layers already end in one.
         self.encoder_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_norm else nn.Identity()
         self.decoder_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_norm else nn.Identity()
+        # None while tied; `untie_output_projection` (int8 deployment) sets an own linear.
+        self.output_projection: nn.Linear | None = None
         for name, p in self.named_parameters():
             if p.dim() > 1 and not name.startswith("embed."):
                 nn.init.xavier_uniform_(p)
@@ -81,8 +83,21 @@ class Seq2SeqTransformer(nn.Module):
         return self.project(self.decoder_norm(x))
 
     def project(self, hidden: Tensor) -> Tensor:
-        """Output logits through the tied embedding matrix."""
+        """Output logits through the tied embedding matrix (or its untied copy)."""
+        if self.output_projection is not None:
+            return self.output_projection(hidden)
         return hidden @ self.embed.tokens.weight.t()
+
+    def untie_output_projection(self) -> None:
+        """Give the output projection its own copy of the embedding matrix, as an `nn.Linear`.
+
+        For inference only: int8 quantisation (`compression.quantize`) quantises linear layers, and the
+        projection to the vocabulary is the largest matrix product of a decoder step."""
+        if self.output_projection is None:
+            weight = self.embed.tokens.weight
+            self.output_projection = nn.Linear(weight.shape[1], weight.shape[0], bias=False,
+                                               device=weight.device, dtype=weight.dtype)
+            self.output_projection.weight.data.copy_(weight.detach())
 
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
         """Teacher-forced logits (B, T, V) for source ids and shifted target ids."""

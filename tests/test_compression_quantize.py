@@ -95,6 +95,19 @@ def test_exclusion_keeps_matching_linears_in_float(tokenizer_file: Path) -> None
     assert type(model.bert.layers[0].self_attn.qkv_proj).__module__.startswith("torch.ao.nn.quantized")
 
 
+def test_int8_quantises_the_tied_output_projection_through_an_untied_copy() -> None:
+    module = translator()
+    expected = outputs(module)
+    module.model.untie_output_projection()  # the float copy computes the same logits
+    torch.testing.assert_close(outputs(module), expected, rtol=0, atol=1e-6)
+    assert module.model.output_projection.weight.data_ptr() != module.model.embed.tokens.weight.data_ptr()
+    quantised = quantize(translator(), "int8")
+    assert type(quantised.model.output_projection).__module__.startswith("torch.ao.nn.quantized")
+    assert quantised.model.embed.tokens.weight.dtype == torch.float32
+    kept = quantize(translator(), "int8", exclude=["*output_projection"])
+    assert kept.model.output_projection is None  # still tied, projected in float
+
+
 def test_sensitivity_scan_reports_one_row_per_linear_type(tokenizer_file: Path) -> None:
     reference = outputs(tagger(tokenizer_file))
 
@@ -110,6 +123,12 @@ def test_sensitivity_scan_reports_one_row_per_linear_type(tokenizer_file: Path) 
     assert types[1:-1] == expected
     assert all(r["change"] < 0 for r in rows[1:])  # every quantised type moves the outputs
     assert rows[-1]["layers"] == sum(r["layers"] for r in rows[1:-1])
+    layers = sensitivity_scan(lambda: tagger(tokenizer_file), quality, within="bert.layers.*.self_attn.qkv_proj")
+    assert [r["type"] for r in layers[1:-1]] == ["bert.layers.0.self_attn.qkv_proj", "bert.layers.1.self_attn.qkv_proj"]
+    assert all(r["layers"] == 1 and r["change"] < 0 for r in layers[1:-1])
+    assert layers[-1]["change"] > rows[-1]["change"]  # the whole type alone moves less than every type
+    with pytest.raises(ValueError, match="no linear layer of type 'nope'"):
+        sensitivity_scan(lambda: tagger(tokenizer_file), quality, within="nope")
 
 
 def test_bad_input_is_one_clear_error(tokenizer_file: Path) -> None:

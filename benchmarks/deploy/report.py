@@ -38,14 +38,18 @@ def ner_rows(r: dict) -> list[str]:
 
 
 def sensitivity_rows(r: dict, dev: str, metric: str, model: str) -> list[str]:
-    """The stage's sensitivity scan on its dev set, if it ran one."""
-    if not r.get("sensitivity_scan_dev"):
+    """The stage's sensitivity scans on its dev set (per type, then per layer of the worst type), if it ran them."""
+    scans = r.get("sensitivity_scan_dev")
+    if not scans:
         return []
-    return ["", f"Sensitivity scan on dev ({dev}): one linear type int8 at a time; `{model} int8-sensitive` keeps "
-            f"`{r['int8_sensitive_keeps_fp32']}` in fp32.", "",
-            f"| int8 linear type | layers | {metric} | change |", "|---|---|---|---|",
-            *[f"| {x['type']} | {x['layers']} | {x['quality']:.2f} | {x['change']:+.2f} |"
-              for x in r["sensitivity_scan_dev"]]]
+    if isinstance(scans, list):  # a result from before the per-layer scan
+        scans = {"types": scans}
+    rows = ["", f"Sensitivity scan on dev ({dev}): one linear type int8 at a time, then one layer at a time of the "
+            f"type costing the most; `{model} int8-sensitive` keeps `{r['int8_sensitive_keeps_fp32']}` in fp32."]
+    for level, scan in scans.items():
+        rows += ["", f"| int8 linear {level[:-1]} | layers | {metric} | change |", "|---|---|---|---|",
+                 *[f"| {x['type']} | {x['layers']} | {x['quality']:.2f} | {x['change']:+.2f} |" for x in scan]]
+    return rows
 
 
 def nmt_rows(r: dict) -> list[str]:

@@ -10,13 +10,16 @@ Models (each also as int8 and bf16 PyTorch, and as ONNX Runtime fp32 and int8, a
   latency of the encoder forward on real dev sentences, batch 1 / 16 / 64.
 * **ner**: the 0.90 tagger (`python -m benchmarks.ner.run --variants with_casing_soup2_constrained`), decoded by
   IOB2-constrained Viterbi; test (eng.testb) entity F1; tagging speed (`tag`, batch 32) on 512 test sentences;
-  forward latency at batch 1 / 16 / 64. `tagger int8-sensitive` keeps in fp32 the one linear type whose int8
-  costs the most dev F1 in `sensitivity_scan` (on eng.testa, never test). With it, the <= 6M KD student
+  forward latency at batch 1 / 16 / 64. `tagger int8-sensitive` keeps in fp32 one linear layer, chosen by
+  `sensitivity_scan` on eng.testa (never test): of the type whose int8 costs the most dev F1, the layer that costs
+  the most. With it, the <= 6M KD student
   distilled from that tagger (`python -m benchmarks.compression.run --teacher TAGGER --constrained --rows teacher
   kd_student_6m --student-epochs 15 --work-dir benchmarks/work/ner_student ...`) as fp32, int8 and ONNX Runtime int8.
 * **nmt**: the shared `make train` checkpoint and a 61 %-heads-pruned copy (Taylor importance, 3 / 3 / 8 heads kept
   as in the head-pruning study, no recovery fine-tuning); test2016 beam-5 BLEU; decoding sentences/s (beam 5) on
-  256 test sentences; `translate` latency of batches of 1 / 16 / 64 sentences.
+  256 test sentences; `translate` latency of batches of 1 / 16 / 64 sentences. int8 includes the output
+  projection (an untied int8 copy of the embedding matrix); `teacher int8-sensitive` keeps one layer fp32,
+  chosen like the tagger's on val (greedy).
 Parity: max |ONNX Runtime - PyTorch| of the outputs (logits / embeddings / first-step logits) on two padded real
 batches of different lengths. Writes `benchmarks/results/deploy/deploy.json` after every stage (+ deploy.md).
 """
@@ -156,7 +159,7 @@ def ner_stage(args: argparse.Namespace) -> dict:
 
     conll = resolve_data_dir(args.data_dir, "conll2003")
     dev = _smoke(conll / "eng.testa", args)
-    scan, keep = sensitive_type("ner", NER_TAGGER, lambda m: 100 * score_conll(m, dev)["f1"], _constrained)
+    scan, keep = sensitive_layer("ner", NER_TAGGER, lambda m: 100 * score_conll(m, dev)["f1"], _constrained)
     models = deployments("ner", NER_TAGGER, "tagger", ("fp32", "int8", "bf16", "onnx fp32", "onnx int8"))
     models["tagger int8-sensitive"] = quantize(get_task("ner").load(NER_TAGGER), "int8", exclude=[keep])
     if NER_STUDENT.is_file():
@@ -193,14 +196,21 @@ def ner_stage(args: argparse.Namespace) -> dict:
             "targets": "int8: test F1 drop <= 0.3 points at >= 1.8x tagging speed (batch 32)"}
 
 
-def sensitive_type(task_name: str, checkpoint: Path, dev_quality, prepare=lambda m: m) -> tuple[list[dict], str]:
-    """`sensitivity_scan` of a checkpoint on a dev set (never test): one linear type int8 at a time; and the type
-    whose int8 costs the most dev quality, which the `int8-sensitive` deployment keeps in fp32."""
-    scan = sensitivity_scan(lambda: prepare(get_task(task_name).load(checkpoint)), dev_quality)
-    log.info("%s sensitivity (dev change per type quantised alone) %s", task_name,
-             [(r["type"], round(r["change"], 3)) for r in scan])
-    worst = min((r for r in scan if r["type"] not in ("none", "all")), key=lambda r: r["change"])
-    return scan, worst["type"]
+def sensitive_layer(task_name: str, checkpoint: Path, dev_quality, prepare=lambda m: m) -> tuple[dict, str]:
+    """`sensitivity_scan` of a checkpoint on a dev set (never test): one linear type int8 at a time, then one layer
+    at a time of the type whose int8 costs the most; the layer costing the most is the one the `int8-sensitive`
+    deployment keeps in fp32."""
+    fresh = lambda: prepare(get_task(task_name).load(checkpoint))  # noqa: E731
+    scans = {"types": sensitivity_scan(fresh, dev_quality)}
+    scans["layers"] = sensitivity_scan(fresh, dev_quality, within=_worst(scans["types"]))
+    for level, scan in scans.items():
+        log.info("%s sensitivity (dev change, %s quantised alone) %s", task_name, level,
+                 [(r["type"], round(r["change"], 3)) for r in scan])
+    return scans, _worst(scans["layers"])
+
+
+def _worst(scan: list[dict]) -> str:
+    return min((r for r in scan if r["type"] not in ("none", "all")), key=lambda r: r["change"])["type"]
 
 
 def _constrained(module):
@@ -233,7 +243,7 @@ def nmt_stage(args: argparse.Namespace) -> dict:
                         str(data / "train.de"), "--output", str(pruned)], check=True, cwd=REPO)
     dev_src, dev_ref = _smoke(data / "val.en", args), _smoke(data / "val.de", args)
     # Greedy on val for the scan (a dozen decodes; the ranking of types is what it is for); beam 5 on test after.
-    scan, keep = sensitive_type("nmt", SHARED_NMT, lambda m: evaluate_file(m, dev_src, dev_ref, beam_size=1)["bleu"])
+    scan, keep = sensitive_layer("nmt", SHARED_NMT, lambda m: evaluate_file(m, dev_src, dev_ref, beam_size=1)["bleu"])
     models = {**deployments("nmt", SHARED_NMT, "teacher", ("fp32", "int8", "bf16", "onnx fp32", "onnx int8")),
               "teacher int8-sensitive": quantize(get_task("nmt").load(SHARED_NMT), "int8", exclude=[keep]),
               **deployments("nmt", pruned, "pruned 61%", ("fp32", "int8"))}
