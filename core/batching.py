@@ -164,6 +164,16 @@ class ResumableDataModule(L.LightningDataModule):
                              "Trainer with use_distributed_sampler=False (--trainer.use_distributed_sampler false)")
         return self.trainer.global_rank, self.trainer.world_size
 
+    def check_same_data(self, key: str) -> None:
+        """Refuse a distributed run whose ranks read different data: `key` (a digest of the files) must be
+        rank 0's on every rank."""
+        if self.trainer is None or self.trainer.world_size == 1:
+            return
+        reference = self.trainer.strategy.broadcast(key, src=0)
+        if reference != key:
+            raise ValueError(f"rank {self.trainer.global_rank} reads different data than rank 0 (data key {key} vs "
+                             f"{reference}): every process must see the same data files")
+
     def state_dict(self) -> dict:
         """Position in the epoch's batch order, saved in every checkpoint."""
         if self.trainer is None:

@@ -6,9 +6,12 @@ order is a pure function of the epoch and resumes mid-epoch exactly.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
@@ -16,6 +19,8 @@ from typing_extensions import override
 
 from core.batching import LengthBatchSampler, ResumableDataModule
 from core.data_dir import REPO_ROOT, resolve_data_dir
+from nmt import corpus
+from nmt.corpus import ArrowParallelSplit
 from nmt.vocab import BOS_ID, EOS_ID, PAD_ID, Vocab, VocabSpec, build_vocab
 
 
@@ -57,6 +62,16 @@ class ParallelSplit:
     def __getitem__(self, i: int) -> int:
         return i
 
+    def lengths(self) -> tuple[np.ndarray, np.ndarray]:
+        """(source, target) lengths in pieces + EOS."""
+        return (np.asarray([len(s) + 1 for s in self.src_ids], dtype=np.int64),
+                np.asarray([len(t) + 1 for t in self.tgt_ids], dtype=np.int64))
+
+    def rows(self, indices: list[int]) -> tuple[list[list[int]], list[list[int]], list[str], list[str]]:
+        """(source ids, target ids, source text, target text) of the pairs `indices`."""
+        return ([self.src_ids[i] for i in indices], [self.tgt_ids[i] for i in indices],
+                [self.src_text[i] for i in indices], [self.tgt_text[i] for i in indices])
+
 
 def pad(seqs: list[list[int]]) -> torch.Tensor:
     """Id sequences as one (batch, longest) tensor, right-padded with PAD_ID."""
@@ -66,17 +81,15 @@ def pad(seqs: list[list[int]]) -> torch.Tensor:
     return out
 
 
-def collate(split: ParallelSplit, indices: list[int]) -> dict:
+def collate(split: ParallelSplit | ArrowParallelSplit, indices: list[int]) -> dict:
     """Padded tensors: src = ids+EOS, tgt_in = BOS+ids, tgt_out = ids+EOS; plus raw text."""
-    src = [split.src_ids[i] + [EOS_ID] for i in indices]
-    tgt = [split.tgt_ids[i] for i in indices]
-
+    src_ids, tgt, src_text, ref_text = split.rows(indices)
     return {
-        "src": pad(src),
+        "src": pad([s + [EOS_ID] for s in src_ids]),
         "tgt_in": pad([[BOS_ID] + t for t in tgt]),
         "tgt_out": pad([t + [EOS_ID] for t in tgt]),
-        "src_text": [split.src_text[i] for i in indices],
-        "ref_text": [split.tgt_text[i] for i in indices],
+        "src_text": src_text,
+        "ref_text": ref_text,
     }
 
 
@@ -91,7 +104,16 @@ class TranslationDataModule(ResumableDataModule):
         vocab_size / spm_model_type / joint_vocab: SentencePiece options.
         max_len: pairs with more pieces than this on either side are dropped from training (counted).
         max_tokens: padded tokens per training batch; eval_max_tokens for val/test.
-        cache_dir: where trained SentencePiece models are cached (keyed by data + options).
+        cache_dir: where trained SentencePiece models are cached (keyed by data + options), and (under
+            `arrow/`) the encoded Arrow tables of the `datasets` path.
+        source: "text" reads the `<split>.<lang>` files into lists (in memory); "datasets" reads them, or
+            `files` / `hub`, through Hugging Face `datasets` into memory-mapped Arrow tables (`nmt.corpus`).
+        files: {train, val, test} -> a Parquet / JSON / Arrow file or a save_to_disk folder per split
+            (implies source "datasets").
+        hub / hub_config: a hub dataset id and config (e.g. wmt14, de-en) for users online; `split_names`
+            then name the hub's splits (e.g. --data.val_split validation --data.test_split test).
+        num_proc: worker processes that encode the Arrow tables the first time.
+        vocab_sample: at most this many training pairs (evenly spaced) train SentencePiece ("datasets").
     """
 
     def __init__(
@@ -100,19 +122,58 @@ class TranslationDataModule(ResumableDataModule):
         vocab_size: int = 8000, spm_model_type: str = "bpe", joint_vocab: bool = True, max_len: int = 100,
         max_tokens: int = 4000, eval_max_tokens: int = 6000, seed: int = 1234,
         cache_dir: str = str(REPO_ROOT / "cache" / "spm"), limit_train: int | None = None,
+        source: Literal["text", "datasets"] = "text", files: dict[str, str] | None = None,
+        hub: str | None = None, hub_config: str | None = None, num_proc: int | None = None,
+        vocab_sample: int = 2_000_000,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()  # shown beside the model's in TensorBoard's hparams view
-        self.root = resolve_data_dir(dir, subdir)
         self.src_lang, self.tgt_lang = src_lang, tgt_lang
         self.split_names = {"train": train_split, "val": val_split, "test": test_split}
         self.max_len, self.max_tokens, self.eval_max_tokens, self.seed = max_len, max_tokens, eval_max_tokens, seed
-        self.limit_train = limit_train
-        self._text = {name: self._read(name) for name in ("train", "val", "test")}
-        src_train, tgt_train = self._text["train"]
+        self.limit_train, self.num_proc, self.cache_dir = limit_train, num_proc, Path(cache_dir)
+        self.files = self._table_files(files)
+        self.hub, self.hub_config = hub, hub_config
+        self.use_datasets = source == "datasets" or bool(files) or bool(hub)
+        if source not in ("text", "datasets"):
+            raise ValueError(f"data.source must be 'text' or 'datasets', got {source!r}")
+        self.root = resolve_data_dir(dir, subdir) if not (self.files or hub) else None
+        self.splits: dict[str, ParallelSplit | ArrowParallelSplit] = {}
+        if self.use_datasets:
+            self._tables = {name: self._load_table(name) for name in self.split_names}
+            src_train, tgt_train = corpus.training_text(self._tables["train"], limit_train, vocab_sample)
+        else:
+            self._text = {name: self._read(name) for name in self.split_names}
+            src_train, tgt_train = self._text["train"]
         self.vocab: Vocab = build_vocab(src_train, tgt_train, vocab_size, spm_model_type, joint_vocab,
-                                        Path(cache_dir))
-        self.splits: dict[str, ParallelSplit] = {}
+                                        self.cache_dir)
+        del src_train, tgt_train  # the datasets path holds no sentence lists
+
+    def _table_files(self, files: dict[str, str] | None) -> dict[str, Path]:
+        if not files:
+            return {}
+        if sorted(files) != sorted(self.split_names):
+            raise ValueError(f"data.files must name exactly the splits {sorted(self.split_names)}, got {sorted(files)}")
+        return {name: Path(path).expanduser() for name, path in files.items()}
+
+    def _load_table(self, name: str):
+        hf_cache = self.cache_dir / "hf"
+        if self.hub:
+            return corpus.load_hub(self.hub, self.hub_config, self.split_names[name], self.src_lang, self.tgt_lang,
+                                   hf_cache)
+        source = self.files.get(name) or self._files(name)
+        return corpus.load_table(source, self.src_lang, self.tgt_lang, hf_cache)
+
+    def _cache_file(self, name: str) -> Path:
+        """The encoded table's cache file: keyed by the split's data and the SentencePiece model."""
+        if self.hub:
+            data = self._tables[name]._fingerprint
+        else:
+            source = self.files.get(name) or self._files(name)
+            data = "-".join(corpus.file_digest(p) for p in (source if isinstance(source, tuple) else (source,)))
+        key = hashlib.blake2b(f"{data}|{self.src_lang}|{self.tgt_lang}|{corpus.vocab_digest(self.vocab)}".encode(),
+                              digest_size=12).hexdigest()
+        return self.cache_dir / "arrow" / f"{name}-{key}.arrow"
 
     def _files(self, name: str) -> tuple[Path, Path]:
         stem = self.split_names[name]
@@ -128,14 +189,28 @@ class TranslationDataModule(ResumableDataModule):
 
     def data_files(self) -> list[Path]:
         """Every file this datamodule reads (for the run record)."""
-        return [p for name in self.split_names for p in self._files(name)]
+        if self.hub:
+            return []
+        return [p for name in self.split_names for p in ((self.files[name],) if self.files else self._files(name))]
 
     def spec(self) -> VocabSpec:
         """What the model must agree with: vocabulary size and special ids."""
         return VocabSpec(vocab_size=self.vocab.size, pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID)
 
     @override
+    def prepare_data(self) -> None:
+        # One process per node encodes the Arrow tables; every rank memory-maps them in `setup`.
+        if self.use_datasets:
+            for name in self.split_names:
+                corpus.encoded(self._tables[name], self.vocab, self._cache_file(name), self.num_proc)
+
+    @override
     def setup(self, stage: str | None = None) -> None:
+        if self.use_datasets:
+            self._setup_tables()
+            return
+        if self.trainer is not None and not self.splits:
+            self.check_same_data("-".join(corpus.file_digest(p) for p in self.data_files()))
         for name, (src, tgt) in self._text.items():
             if name in self.splits:
                 continue
@@ -149,12 +224,31 @@ class TranslationDataModule(ResumableDataModule):
                 src, tgt = [src[i] for i in keep], [tgt[i] for i in keep]
             self.splits[name] = ParallelSplit(name, src_ids, tgt_ids, src, tgt)
 
+    def _setup_tables(self) -> None:
+        for name in self.split_names:
+            if name in self.splits:
+                continue
+            cache = self._cache_file(name)
+            self.check_same_data(cache.name)
+            split = ArrowParallelSplit(name, corpus.encoded(self._tables[name], self.vocab, cache, self.num_proc))
+            if name == "train":
+                if self.limit_train:
+                    split = split.select(np.arange(min(self.limit_train, len(split))))
+                src_lens, tgt_lens = split.lengths()
+                keep = np.flatnonzero((src_lens > 1) & (src_lens <= self.max_len)
+                                      & (tgt_lens > 1) & (tgt_lens <= self.max_len))
+                rank_zero_info(f"[data] train: {len(split)} pairs, dropped {len(split) - len(keep)} longer than "
+                               f"max_len={self.max_len} pieces")
+                if len(keep) < len(split):
+                    split = split.select(keep)
+            self.splits[name] = split
+
     def _loader(self, name: str, train: bool, max_tokens: int) -> DataLoader:
         split = self.splits[name]
         rank, world = self.shard()
-        src_lens, tgt_lens = [len(s) + 1 for s in split.src_ids], [len(t) + 1 for t in split.tgt_ids]
+        src_lens, tgt_lens = split.lengths()
         sampler = LengthBatchSampler(
-            [max(s, t) for s, t in zip(src_lens, tgt_lens, strict=True)], max_tokens=max_tokens,
+            np.maximum(src_lens, tgt_lens), max_tokens=max_tokens,
             shuffle=train, seed=self.seed, rank=rank, num_replicas=world, tiebreak=src_lens, even_ranks=train,
         )
         return self.make_loader(split, sampler, lambda idx: collate(split, idx), train=train)

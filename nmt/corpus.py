@@ -1,0 +1,194 @@
+"""Parallel corpora through Hugging Face `datasets`: Arrow tables, memory-mapped, tokenised once.
+
+The in-memory path (`nmt.data.read_parallel`) holds every sentence and its ids as Python lists in every
+process; at WMT size (4.5M pairs) that is gigabytes per rank, re-encoded at each start. Here a split is
+an Arrow table on disk: `Dataset.map` (batched, `num_proc` workers) cleans and encodes it once into a cache
+file keyed by the data files' contents and the SentencePiece model, and every later start and every DDP
+rank memory-maps that file (shared pages, nothing re-encoded). Sources:
+
+* `<split>.<lang>` text files (today's layout, read by the `text` builder);
+* a Parquet / JSON(L) / Arrow file or a `save_to_disk` folder with one column per language (`en`, `de`)
+  or a `translation` column of {lang: sentence} (the hub's WMT layout);
+* a hub id + config (`wmt14`, `de-en`) for users online; never needed offline.
+
+Cleaning matches the in-memory path exactly: sides stripped, pairs with a blank side dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from nmt.vocab import Vocab
+
+TABLE_SUFFIXES = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".arrow": "arrow"}
+
+
+def file_digest(path: Path) -> str:
+    """Content hash of a file, or of every file inside a folder (a `save_to_disk` dataset)."""
+    digest = hashlib.blake2b(digest_size=16)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(file.name.encode())
+        with file.open("rb") as f:
+            while chunk := f.read(1 << 22):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_table(source: Path | tuple[Path, Path], src_lang: str, tgt_lang: str, cache_dir: Path):
+    """A `datasets.Dataset` with string columns `src` and `tgt` (not yet cleaned).
+
+    `source` is a pair of aligned text files, a table file or a `save_to_disk` folder. Errors name the file
+    and what it lacks: unaligned line counts, or the expected language columns."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    if isinstance(source, tuple):
+        sides = []
+        for path in source:
+            if not path.is_file():
+                raise FileNotFoundError(f"parallel data file not found: {path}")
+            table = datasets.load_dataset("text", data_files=str(path), split="train", cache_dir=str(cache_dir))
+            sides.append(table)
+        if len(sides[0]) != len(sides[1]):
+            raise ValueError(f"parallel files are not aligned: {source[0]} has {len(sides[0])} lines, "
+                             f"{source[1]} has {len(sides[1])}")
+        return datasets.concatenate_datasets(
+            [sides[0].rename_column("text", "src"), sides[1].rename_column("text", "tgt")], axis=1)
+    if source.is_dir():
+        table = datasets.load_from_disk(str(source))
+        if isinstance(table, datasets.DatasetDict):
+            raise ValueError(f"{source} holds a DatasetDict ({list(table)}); point each split at its own folder")
+    elif source.suffix in TABLE_SUFFIXES:
+        if not source.is_file():
+            raise FileNotFoundError(f"parallel data file not found: {source}")
+        table = datasets.load_dataset(TABLE_SUFFIXES[source.suffix], data_files=str(source), split="train",
+                                      cache_dir=str(cache_dir))
+    else:
+        raise ValueError(f"{source}: expected a .parquet, .json, .jsonl or .arrow file or a save_to_disk folder")
+    return language_columns(table, src_lang, tgt_lang, str(source))
+
+
+def language_columns(table, src_lang: str, tgt_lang: str, where: str):
+    """`table` reduced to columns `src`, `tgt` from `<lang>` columns or a `translation` {lang: text} column."""
+    if "translation" in table.column_names and src_lang not in table.column_names:
+        table = table.flatten()
+        names = {f"translation.{src_lang}": "src", f"translation.{tgt_lang}": "tgt"}
+    else:
+        names = {src_lang: "src", tgt_lang: "tgt"}
+    missing = [n for n in names if n not in table.column_names]
+    if missing:
+        raise ValueError(f"{where}: expected columns {src_lang!r} and {tgt_lang!r} (or a 'translation' column of "
+                         f"{{{src_lang!r}: ..., {tgt_lang!r}: ...}}), found {table.column_names}")
+    table = table.select_columns(list(names))
+    return table.rename_columns(names)
+
+
+def load_hub(name: str, config: str | None, split: str, src_lang: str, tgt_lang: str, cache_dir: Path):
+    """A split of a hub dataset (online users), as `load_table` returns it; offline, one error saying how to
+    point at local files instead."""
+    import datasets
+
+    try:
+        table = datasets.load_dataset(name, config, split=split, cache_dir=str(cache_dir))
+    except ConnectionError as err:  # what `datasets` raises offline (no network, or HF_HUB_OFFLINE=1)
+        raise ConnectionError(
+            f"cannot load hub dataset {name!r} ({config}): this machine looks offline ({type(err).__name__}: "
+            f"{err}). Point data.files at local Parquet/JSON/Arrow files or a save_to_disk folder instead "
+            "(e.g. --data.files '{train: wmt14/train.parquet, val: ..., test: ...}')") from err
+    return language_columns(table, src_lang, tgt_lang, f"hub dataset {name!r} ({config}) split {split!r}")
+
+
+def training_text(table, limit: int | None, sample: int) -> tuple[list[str], list[str]]:
+    """The cleaned training sentences SentencePiece trains on: with `limit`, the first `limit` clean pairs (as
+    the text path); else every pair, or every k-th row when there are more than `sample` (a whole corpus, not
+    its first sources)."""
+    stride = 1 if limit else max(1, -(-len(table) // sample))
+    src, tgt = [], []
+    for start in range(0, len(table), 10_000 * stride):
+        rows = range(start, min(len(table), start + 10_000 * stride), stride)
+        batch = table.select(rows)[:] if stride > 1 else table[rows.start : rows.stop]
+        for s, t in zip(batch["src"], batch["tgt"], strict=True):
+            if s.strip() and t.strip():
+                src.append(s.strip())
+                tgt.append(t.strip())
+        if limit and len(src) >= limit:
+            return src[:limit], tgt[:limit]
+    return src, tgt
+
+
+class _Encode:
+    """The batched `Dataset.map` function: strip, drop pairs with a blank side, encode both sides.
+
+    Holds the model protos (picklable for `num_proc` workers); processors are built once per worker."""
+
+    def __init__(self, vocab: Vocab) -> None:
+        self.state, self._vocab = vocab.to_state(), None
+
+    def __call__(self, batch: dict) -> dict:
+        if self._vocab is None:
+            self._vocab = Vocab.from_state(self.state)
+        pairs = [(s.strip(), t.strip()) for s, t in zip(batch["src"], batch["tgt"], strict=True)
+                 if s.strip() and t.strip()]
+        src, tgt = [p[0] for p in pairs], [p[1] for p in pairs]
+        src_ids, tgt_ids = self._vocab.encode_src(src), self._vocab.encode_tgt(tgt)
+        return {"src": src, "tgt": tgt, "src_ids": src_ids, "tgt_ids": tgt_ids,
+                "src_len": [len(s) + 1 for s in src_ids], "tgt_len": [len(t) + 1 for t in tgt_ids]}
+
+    def __getstate__(self) -> dict:
+        return {"state": self.state, "_vocab": None}
+
+
+def vocab_digest(vocab: Vocab) -> str:
+    """Hash of the SentencePiece model(s): a cache made with another tokenizer is not reused."""
+    digest = hashlib.blake2b(vocab.src_proto, digest_size=16)
+    digest.update(vocab.tgt_proto or b"")
+    return digest.hexdigest()
+
+
+def encoded(table, vocab: Vocab, cache_file: Path, num_proc: int | None = None):
+    """`table` cleaned and encoded (columns src, tgt, src_ids, tgt_ids, src_len, tgt_len), from `cache_file`
+    when it exists (memory-mapped), else built into it."""
+    import datasets
+
+    if cache_file.is_file():
+        return datasets.Dataset.from_file(str(cache_file))
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    features = datasets.Features({
+        "src": datasets.Value("string"), "tgt": datasets.Value("string"),
+        "src_ids": datasets.List(datasets.Value("int32")), "tgt_ids": datasets.List(datasets.Value("int32")),
+        "src_len": datasets.Value("int32"), "tgt_len": datasets.Value("int32"),
+    })
+    return table.map(_Encode(vocab), batched=True, batch_size=10_000, num_proc=num_proc, features=features,
+                     remove_columns=table.column_names, cache_file_name=str(cache_file), desc="encode")
+
+
+class ArrowParallelSplit:
+    """One encoded split on a memory-mapped Arrow table; the interface of `nmt.data.ParallelSplit`."""
+
+    def __init__(self, name: str, table) -> None:
+        self.name, self.table = name, table
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+    def lengths(self) -> tuple[np.ndarray, np.ndarray]:
+        """(source, target) lengths in pieces + EOS, read from the Arrow columns."""
+        columns = self.table.with_format("numpy")
+        return np.asarray(columns["src_len"], dtype=np.int64), np.asarray(columns["tgt_len"], dtype=np.int64)
+
+    def rows(self, indices: Sequence[int]) -> tuple[list[list[int]], list[list[int]], list[str], list[str]]:
+        """(source ids, target ids, source text, target text) of the rows `indices`."""
+        batch = self.table[list(indices)]
+        return batch["src_ids"], batch["tgt_ids"], batch["src"], batch["tgt"]
+
+    def select(self, keep: np.ndarray) -> ArrowParallelSplit:
+        """The split restricted to the rows `keep` (a length filter)."""
+        return ArrowParallelSplit(self.name, self.table.select(keep))
