@@ -15,7 +15,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, Timer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
@@ -111,8 +111,10 @@ def main(args: list[str] | None = None) -> LabCLI:
     else:
         if not cli.config.ckpt_path:
             raise ValueError("--fit false evaluates a checkpoint: give it with --ckpt_path")
+        timer = Timer()  # the validation loop's wall time (after the processes started), into metrics.json
+        cli.trainer.callbacks.append(timer)
         cli.trainer.validate(cli.model, cli.datamodule, ckpt_path=cli.config.ckpt_path, weights_only=False)
-        write_metrics(cli.trainer, "validate")
+        write_metrics(cli.trainer, "validate", seconds=timer.time_elapsed("validate"))
     if cli.config.test:
         cli.trainer.test(cli.model, cli.datamodule, ckpt_path=None if cli.config.fit else cli.config.ckpt_path,
                          weights_only=False)
@@ -120,12 +122,15 @@ def main(args: list[str] | None = None) -> LabCLI:
     return cli
 
 
-def write_metrics(trainer: L.Trainer, stage: str) -> None:
-    """Add the stage's logged metrics (whole split, reduced across processes) to `<run>/metrics.json` (rank 0)."""
+def write_metrics(trainer: L.Trainer, stage: str, seconds: float | None = None) -> None:
+    """Add the stage's logged metrics (whole split, reduced across processes) to `<run>/metrics.json` (rank 0),
+    with the stage's wall time if measured."""
     if not trainer.is_global_zero:
         return
     path = Path(trainer.logger.log_dir if trainer.logger else trainer.default_root_dir) / "metrics.json"
     metrics = json.loads(path.read_text()) if path.is_file() else {}
     metrics[stage] = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if seconds is not None:
+        metrics[stage]["seconds"] = seconds
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(metrics, indent=1, sort_keys=True))

@@ -92,6 +92,7 @@ def test_two_processes_log_the_one_process_metrics(task, make_args, counted, lau
     expected = {"nmt": 24, "ner": 40}[task]
     assert one[counted] == two[counted] == expected  # every sentence once, not once per rank
     assert set(one) == set(two)
+    assert one.pop("seconds") > 0 and two.pop("seconds") > 0  # wall time of the validation loop
     for key, value in one.items():
         assert two[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key  # losses: float sums in another order
     scores = [k for k in one if k.startswith(("val/bleu", "val/chrf", "val/f1"))]
