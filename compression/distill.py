@@ -93,5 +93,5 @@ def hidden_state_loss(states: list[Tensor], teacher_states: list[Tensor], attent
                          f"vs teacher {teacher_states[-1].shape[-1]}")
     real = attention_mask.bool()
     pairs = [(states[layer], teacher_states[round(layer * lt / ls)].detach()) for layer in range(1, ls + 1)]
-    return sum(F.mse_loss(s[real], t[real]) for s, t in pairs) / ls
+    return sum(F.mse_loss(s[real].float(), t[real].float()) for s, t in pairs) / ls  # fp32 under autocast
 

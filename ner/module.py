@@ -218,13 +218,14 @@ class TaggerModule(ResolvedConfig, BertTask, CompressionHooks, LightningModule):
         else:
             logits = self._logits(batch)
         if self.teacher is None:
-            loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE)
+            # fp32: under bf16 autocast the logits are bf16, and the loss is reduced in fp32
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=IGNORE)
         else:
             loss = kd_loss(logits, self.teacher_logits(batch) if teacher_out is None else teacher_out, batch["labels"],
                            temperature=self.kd.temperature, alpha=self.kd.alpha, ignore_index=IGNORE)
         if self.crf is not None:
             first = first_subtoken_mask(batch["word_ids"])
-            emissions, mask = pack_words(logits, first)
+            emissions, mask = pack_words(logits.float(), first)
             tags, _ = pack_words(batch["labels"].clamp(min=0), first)
             loss = loss + self.crf.nll(emissions, tags, mask)
         if hidden_loss is not None:

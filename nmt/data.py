@@ -6,6 +6,7 @@ order is a pure function of the epoch and resumes mid-epoch exactly.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,6 +165,7 @@ class TranslationDataModule(ResumableDataModule):
         source = self.files.get(name) or self._files(name)
         return corpus.load_table(source, self.src_lang, self.tgt_lang, hf_cache)
 
+    @functools.cache  # noqa: B019 (one datamodule per run; hashing a WMT-size file once is enough)
     def _cache_file(self, name: str) -> Path:
         """The encoded table's cache file: keyed by the split's data and the SentencePiece model."""
         if self.hub:

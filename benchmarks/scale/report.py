@@ -1,0 +1,66 @@
+"""Tables of the scale-out study (`benchmarks/results/scale/scale.json`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def validate_rows(r: dict) -> list[str]:
+    """1 vs 2 processes validating the same checkpoint."""
+    rows = ["| Multi30k val, greedy | processes | validation s (median) | whole command s | BLEU | chrF | sentences |",
+            "|---|---|---|---|---|---|---|"]
+    rows += [f"| {'DDP (gloo)' if x['processes'] > 1 else 'one process'} | {x['processes']} | {x['seconds']:.1f} "
+             f"| {x['command_seconds']:.1f} | {x['bleu']:.2f} | {x['chrf']:.2f} | {x['sentences']:.0f} |"
+             for x in r["rows"]]
+    rows += [f"| 2 vs 1 | | **{r['ratio_2_vs_1']:.2f}×** | {r['command_ratio_2_vs_1']:.2f}× "
+             f"| {'same' if r['same_scores_1_vs_2'] else 'DIFFERENT'} | | |",
+             f"| measured at | `{r['git_commit'][:10]}`, `{r['command']}`, {r['repeats']} rounds | | | | | |"]
+    return rows + ["", f"Target: {r['target']}."]
+
+
+def data_rows(r: dict) -> list[str]:
+    """Each data path from empty and from warm caches."""
+    rows = [f"| {r['pairs'] / 1e6:.1f}M pairs | start | s to first batch | peak RSS MiB | PSS MiB after 200 batches |",
+            "|---|---|---|---|---|"]
+    for x in r["rows"]:
+        for start in ("first_start", "cached_start"):
+            y = x[start]
+            if "failed" in y:
+                rows.append(f"| {x['source']} | {start.split('_')[0]} | failed (exit {y['failed']}) after "
+                            f"{y['seconds']:.0f} s | | |")
+            else:
+                rows.append(f"| {x['source']} | {start.split('_')[0]} | {y['first_batch_s']:.1f} "
+                            f"| {y['peak_rss_mib']} | {y.get('pss_mib', '–')} |")
+    rows.append(f"| measured at | `{r['git_commit'][:10]}`, `{r['command']}`; corpus: `{r['corpus']}` | | | |")
+    return rows + ["", f"Targets: {r['targets']}."]
+
+
+def bf16_rows(r: dict) -> list[str]:
+    """fp32 against bf16-mixed training throughput."""
+    rows = ["| small config, training | target tokens/s (median) | rounds | steps | train loss at the end |",
+            "|---|---|---|---|---|"]
+    rows += [f"| {x['precision']} | {x['target_tokens_per_s']:.0f} | "
+             f"{' / '.join(f'{v:.0f}' for v in x['all_tokens_per_s'])} | {x['steps']} | {x['train_loss']:.3f} |"
+             for x in r["rows"]]
+    rows += [f"| bf16-mixed vs fp32 | **{r['speedup']:.2f}×** | | | |",
+             f"| measured at | `{r['git_commit'][:10]}`, `{r['command']}` | | | |"]
+    return rows + ["", f"Target: {r['target']}."]
+
+
+def render_result(results: dict) -> str:
+    """Markdown of scale.json: a table per stage measured."""
+    parts = []
+    if "validate" in results:
+        parts.append("\n".join(validate_rows(results["validate"])) + "\n")
+    if "bf16" in results:
+        parts.append("\n".join(bf16_rows(results["bf16"])) + "\n")
+    if "data" in results:
+        parts.append("\n".join(data_rows(results["data"])) + "\n")
+    return "\n".join(parts)
+
+
+def render(results: Path) -> str:
+    """Markdown of every result file of the study."""
+    path = results / "scale.json"
+    return render_result(json.loads(path.read_text())) if path.is_file() else "(not measured yet)\n"

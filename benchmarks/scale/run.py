@@ -1,0 +1,166 @@
+"""Scale-out measurements: sharded validation across processes; the list-based and the `datasets` data paths.
+
+    python -m benchmarks.scale.run [--stages validate data bf16] [--repeats 3] [--pairs 4500000]
+
+* **validate**: `train.py --fit false` on the shared Multi30k teacher (`configs/nmt/small.yaml`, greedy val, the
+  whole val split), 1 process (2 threads) against 2 DDP processes (gloo, 1 thread each, each decoding its share
+  of the batches, metrics reduced by torchmetrics), run alternately in fresh processes; the validation loop's
+  wall time (Lightning `Timer`, after the processes started) and the whole command's, medians.
+* **data**: a synthetic 4.5M-pair corpus (`benchmarks.scale.make_corpus`, Multi30k train with deterministic
+  noise); the translation datamodule on it with `source: text` (Python lists) and `source: datasets` (Arrow,
+  memory-mapped), each from empty caches (SentencePiece training and encoding included) and from warm ones, in
+  fresh processes (`benchmarks.scale.probe`): seconds to the first training batch, peak RSS, PSS after 200
+  batches.
+* **bf16**: `configs/nmt/small.yaml` trained for `--train_steps` steps in fp32 and in bf16-mixed (CPU autocast),
+  alternating fresh processes (`benchmarks.scale.train_probe`): target tokens per second of the training loop.
+Writes `benchmarks/results/scale/scale.json` after every stage (+ scale.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.common import write_results
+from core.training import git_commit
+
+REPO = Path(__file__).resolve().parents[2]
+WORK = REPO / "benchmarks/work/scale"
+RESULT = REPO / "benchmarks/results/scale/scale.json"
+SHARED_NMT = REPO.parent / "shared/checkpoints/nmt_small_swa.ckpt"
+log = logging.getLogger(__name__)
+
+
+def validate_once(processes: int, out: Path) -> dict:
+    """One `train.py --fit false` run: its metrics.json `validate` entry plus the command's wall time."""
+    cmd = [sys.executable, str(REPO / "train.py"), "--config", str(REPO / "configs/nmt/small.yaml"), "--fit", "false",
+           "--test", "false", "--ckpt_path", str(SHARED_NMT), "--trainer.logger.init_args.save_dir", str(out)]
+    if processes > 1:
+        cmd += ["--trainer.strategy", "ddp", "--trainer.devices", str(processes)]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True)
+    wall = time.perf_counter() - start
+    (metrics,) = out.rglob("metrics.json")
+    return {**json.loads(metrics.read_text())["validate"], "command_seconds": wall}
+
+
+def validate_stage(args: argparse.Namespace) -> dict:
+    """1 vs 2 processes, alternating, `repeats` rounds: validation seconds, BLEU (must agree), sentences."""
+    runs: dict[int, list[dict]] = {1: [], 2: []}
+    for round_ in range(args.repeats):
+        for processes in runs:
+            result = validate_once(processes, WORK / f"validate/p{processes}_r{round_}")
+            runs[processes].append(result)
+            log.info("validate %d process(es), round %d: %.1f s, BLEU %.2f", processes, round_, result["seconds"],
+                     result["val/bleu"])
+    rows = []
+    for processes, results in runs.items():
+        rows.append({"processes": processes, "seconds": statistics.median(r["seconds"] for r in results),
+                     "command_seconds": statistics.median(r["command_seconds"] for r in results),
+                     "all_seconds": [r["seconds"] for r in results], "bleu": results[0]["val/bleu"],
+                     "chrf": results[0]["val/chrf"], "sentences": results[0]["val/sentences"],
+                     "same_scores_every_run": len({(r["val/bleu"], r["val/chrf"]) for r in results}) == 1})
+    one, two = rows
+    return {"rows": rows, "ratio_2_vs_1": two["seconds"] / one["seconds"],
+            "command_ratio_2_vs_1": two["command_seconds"] / one["command_seconds"],
+            "same_scores_1_vs_2": (one["bleu"], one["chrf"]) == (two["bleu"], two["chrf"]),
+            "checkpoint": "../shared/checkpoints/nmt_small_swa.ckpt", "repeats": args.repeats,
+            "target": "validation wall time with 2 CPU processes <= 0.6x one process (Multi30k val, greedy)"}
+
+
+def probe(source: str, corpus: Path, cache: Path) -> dict:
+    """`benchmarks.scale.probe` in a fresh process: times to the first batch, memory (or the failure)."""
+    cmd = [sys.executable, "-m", "benchmarks.scale.probe", "--dir", str(corpus), "--cache", str(cache),
+           "--source", source, "--num_proc", "2"]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"source": source, "failed": proc.returncode, "seconds": time.perf_counter() - start,
+                "stderr_tail": proc.stderr[-1500:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def data_stage(args: argparse.Namespace) -> dict:
+    """The list-based and the `datasets` path on the synthetic corpus: a first start (empty caches) and a cached
+    one each, in fresh processes."""
+    from benchmarks.scale.make_corpus import make
+
+    corpus = WORK / "synthetic"
+    marker = corpus / f"pairs-{args.pairs}"
+    if not marker.is_file():
+        log.info("writing the synthetic corpus (%d pairs)", args.pairs)
+        make(args.pairs, corpus)
+        marker.touch()
+    rows = []
+    for source in ("datasets", "text"):
+        cache = WORK / f"cache_{source}"
+        shutil.rmtree(cache, ignore_errors=True)
+        row = {"source": source, "first_start": probe(source, corpus, cache)}
+        log.info("%s first start %s", source, row["first_start"])
+        row["cached_start"] = probe(source, corpus, cache)
+        log.info("%s cached start %s", source, row["cached_start"])
+        rows.append(row)
+    return {"rows": rows, "pairs": args.pairs, "corpus": "python -m benchmarks.scale.make_corpus --pairs "
+            f"{args.pairs}", "targets": "peak RSS per rank <= 2 GB at 4.5M pairs, cached start <= 60 s"}
+
+
+def train_once(precision: str, steps: int, out: Path) -> dict:
+    """`benchmarks.scale.train_probe`: `steps` steps of the small config in `precision`, in a fresh process."""
+    cmd = [sys.executable, "-m", "benchmarks.scale.train_probe", "--config", str(REPO / "configs/nmt/small.yaml"),
+           "--trainer.precision", precision, "--trainer.max_steps", str(steps), "--trainer.limit_val_batches", "0",
+           "--test", "false", "--trainer.logger.init_args.save_dir", str(out), "--trainer.enable_progress_bar",
+           "false"]
+    proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+                          text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def bf16_stage(args: argparse.Namespace) -> dict:
+    """fp32 vs bf16-mixed training of `configs/nmt/small.yaml`, alternating fresh processes: target tokens/s."""
+    runs: dict[str, list[dict]] = {"32-true": [], "bf16-mixed": []}
+    for round_ in range(args.repeats):
+        for precision in runs:
+            result = train_once(precision, args.train_steps, WORK / f"bf16/{precision}_r{round_}")
+            runs[precision].append(result)
+            log.info("train %s round %d: %.0f target tokens/s", precision, round_, result["target_tokens_per_s"])
+    rows = [{"precision": p, "target_tokens_per_s": statistics.median(r["target_tokens_per_s"] for r in results),
+             "all_tokens_per_s": [r["target_tokens_per_s"] for r in results], "steps": results[0]["steps"],
+             "target_tokens": results[0]["target_tokens"], "train_loss": results[0]["train_loss"]}
+            for p, results in runs.items()]
+    return {"rows": rows, "speedup": rows[1]["target_tokens_per_s"] / rows[0]["target_tokens_per_s"],
+            "repeats": args.repeats, "target": "bf16-mixed >= 1.4x the fp32 target tokens/s (small config, this CPU)"}
+
+
+STAGES = {"validate": validate_stage, "data": data_stage, "bf16": bf16_stage}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the stages, writing the JSON (and markdown) after each."""
+    from benchmarks.scale.report import render_result
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stages", nargs="+", choices=list(STAGES), default=list(STAGES))
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--train_steps", type=int, default=150, help="training steps per timed run (bf16 stage)")
+    p.add_argument("--pairs", type=int, default=4_500_000, help="synthetic corpus size (data stage)")
+    p.add_argument("--out", type=Path, default=RESULT)
+    args = p.parse_args(argv)
+    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    for stage in args.stages:
+        results[stage] = {**STAGES[stage](args), "git_commit": git_commit(),
+                          "command": "python -m benchmarks.scale.run --stages " + stage}
+        write_results(args.out, results, render_result(results))
+    return results
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    main()
