@@ -29,6 +29,18 @@ def open_results(args: argparse.Namespace, benchmark: str, same_settings: tuple[
     return results
 
 
+def run_stages(study: str, stages: dict, args: argparse.Namespace, render) -> dict:
+    """Run `args.stages` of a staged study into `args.out` (stages measured before are kept), writing the JSON
+    and `render(results)` markdown after each stage; each block records its commit and command."""
+    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    for stage in args.stages:
+        log.info("stage %s", stage)
+        results[stage] = {**stages[stage](args), "git_commit": git_commit(),
+                          "command": f"python -m benchmarks.{study}.run --stages {stage}"}
+        write_results(args.out, results, render(results))
+    return results
+
+
 def write_results(path: Path, results: dict, markdown: str | None = None) -> None:
     """Write the JSON (and its markdown table beside it, same name with .md)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import logging
 import statistics
 import subprocess
@@ -37,14 +36,14 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import write_results
+from benchmarks.common import run_stages
 from compression.measure import latency, parameter_counts, time_alternating
 from compression.quantize import quantize, sensitivity_scan, serialized_bytes
 from core.data_dir import resolve_data_dir
 from core.hf_import import default_checkpoint_dir
 from core.onnx import export_onnx, int8_path, load_onnx
 from core.tasks import get_task
-from core.training import git_commit, save_module_checkpoint
+from core.training import save_module_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 WORK = REPO / "benchmarks/work/deploy"
@@ -312,13 +311,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.smoke:
         args.repeats, args.speed_sentences, args.out = 2, 32, WORK / "smoke/deploy.json"
     WORK.mkdir(parents=True, exist_ok=True)
-    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    for stage in args.stages:
-        log.info("stage %s", stage)
-        results[stage] = {**STAGES[stage](args), "git_commit": git_commit(),
-                          "command": "python -m benchmarks.deploy.run --stages " + stage}
-        write_results(args.out, results, render_result(results))
-    return results
+    return run_stages("deploy", STAGES, args, render_result)
 
 
 if __name__ == "__main__":

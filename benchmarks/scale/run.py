@@ -29,8 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import write_results
-from core.training import git_commit
+from benchmarks.common import run_stages
 
 REPO = Path(__file__).resolve().parents[2]
 WORK = REPO / "benchmarks/work/scale"
@@ -153,12 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--pairs", type=int, default=4_500_000, help="synthetic corpus size (data stage)")
     p.add_argument("--out", type=Path, default=RESULT)
     args = p.parse_args(argv)
-    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    for stage in args.stages:
-        results[stage] = {**STAGES[stage](args), "git_commit": git_commit(),
-                          "command": "python -m benchmarks.scale.run --stages " + stage}
-        write_results(args.out, results, render_result(results))
-    return results
+    return run_stages("scale", STAGES, args, render_result)
 
 
 if __name__ == "__main__":
