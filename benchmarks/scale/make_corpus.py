@@ -2,9 +2,9 @@
 
     python -m benchmarks.scale.make_corpus [--pairs 4500000] [--out benchmarks/work/scale/synthetic]
 
-Pair i is Multi30k train pair i mod 29k with, seeded by i, up to two adjacent words swapped and one word dropped
-on each side, so the corpus has the real length distribution and vocabulary but few exact duplicates. Writes
-train.en / train.de (and copies val / test2016) in the `<split>.<lang>` layout both data paths read.
+Pair i is Multi30k train pair i mod 29k with up to two adjacent words swapped and one word dropped on each side
+(seeded by its block of 100k pairs), so the corpus has the real length distribution and vocabulary but few exact
+duplicates. Writes train.en / train.de (and copies val / test2016) in the `<split>.<lang>` layout both data paths read.
 """
 
 from __future__ import annotations

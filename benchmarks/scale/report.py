@@ -36,14 +36,14 @@ def data_rows(r: dict) -> list[str]:
     return rows + ["", f"Targets: {r['targets']}."]
 
 
-def bf16_rows(r: dict) -> list[str]:
-    """fp32 against bf16-mixed training throughput."""
-    rows = ["| small config, training | target tokens/s (median) | rounds | steps | train loss at the end |",
+def training_rows(r: dict, key: str, ratio_key: str, ratio_label: str) -> list[str]:
+    """Training throughput of each variant (`key`: precision or data source) side by side."""
+    rows = [f"| small config, training, by {key} | target tokens/s (median) | rounds | steps | train loss at the end |",
             "|---|---|---|---|---|"]
-    rows += [f"| {x['precision']} | {x['target_tokens_per_s']:.0f} | "
+    rows += [f"| {x[key]} | {x['target_tokens_per_s']:.0f} | "
              f"{' / '.join(f'{v:.0f}' for v in x['all_tokens_per_s'])} | {x['steps']} | {x['train_loss']:.3f} |"
              for x in r["rows"]]
-    rows += [f"| bf16-mixed vs fp32 | **{r['speedup']:.2f}×** | | | |",
+    rows += [f"| {ratio_label} | **{r[ratio_key]:.2f}×** | | | |",
              f"| measured at | `{r['git_commit'][:10]}`, `{r['command']}` | | | |"]
     return rows + ["", f"Target: {r['target']}."]
 
@@ -54,7 +54,10 @@ def render_result(results: dict) -> str:
     if "validate" in results:
         parts.append("\n".join(validate_rows(results["validate"])) + "\n")
     if "bf16" in results:
-        parts.append("\n".join(bf16_rows(results["bf16"])) + "\n")
+        parts.append("\n".join(training_rows(results["bf16"], "precision", "speedup", "bf16-mixed vs fp32")) + "\n")
+    if "throughput" in results:
+        parts.append("\n".join(training_rows(results["throughput"], "source", "ratio_datasets_vs_text",
+                                              "datasets vs text")) + "\n")
     if "data" in results:
         parts.append("\n".join(data_rows(results["data"])) + "\n")
     return "\n".join(parts)

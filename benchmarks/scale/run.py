@@ -1,6 +1,6 @@
 """Scale-out measurements: sharded validation across processes; the list-based and the `datasets` data paths.
 
-    python -m benchmarks.scale.run [--stages validate data bf16] [--repeats 3] [--pairs 4500000]
+    python -m benchmarks.scale.run [--stages validate bf16 throughput data] [--repeats 3] [--pairs 4500000]
 
 * **validate**: `train.py --fit false` on the shared Multi30k teacher (`configs/nmt/small.yaml`, greedy val, the
   whole val split), 1 process (2 threads) against 2 DDP processes (gloo, 1 thread each, each decoding its share
@@ -13,6 +13,7 @@
   batches.
 * **bf16**: `configs/nmt/small.yaml` trained for `--train_steps` steps in fp32 and in bf16-mixed (CPU autocast),
   alternating fresh processes (`benchmarks.scale.train_probe`): target tokens per second of the training loop.
+* **throughput**: the same fp32 run reading Multi30k from Python lists and from the `datasets` Arrow cache.
 Writes `benchmarks/results/scale/scale.json` after every stage (+ scale.md).
 """
 
@@ -111,12 +112,13 @@ def data_stage(args: argparse.Namespace) -> dict:
             f"{args.pairs}", "targets": "peak RSS per rank <= 2 GB at 4.5M pairs, cached start <= 60 s"}
 
 
-def train_once(precision: str, steps: int, out: Path) -> dict:
-    """`benchmarks.scale.train_probe`: `steps` steps of the small config in `precision`, in a fresh process."""
+def train_once(precision: str, steps: int, out: Path, source: str = "text") -> dict:
+    """`benchmarks.scale.train_probe`: `steps` steps of the small config in `precision` reading `source`, in a
+    fresh process."""
     cmd = [sys.executable, "-m", "benchmarks.scale.train_probe", "--config", str(REPO / "configs/nmt/small.yaml"),
            "--trainer.precision", precision, "--trainer.max_steps", str(steps), "--trainer.limit_val_batches", "0",
            "--test", "false", "--trainer.logger.init_args.save_dir", str(out), "--trainer.enable_progress_bar",
-           "false"]
+           "false", "--data.source", source]
     proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
                           text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -138,7 +140,25 @@ def bf16_stage(args: argparse.Namespace) -> dict:
             "repeats": args.repeats, "target": "bf16-mixed >= 1.4x the fp32 target tokens/s (small config, this CPU)"}
 
 
-STAGES = {"validate": validate_stage, "data": data_stage, "bf16": bf16_stage}
+def throughput_stage(args: argparse.Namespace) -> dict:
+    """Training tokens/s of the small config on Multi30k read from Python lists (`source: text`) and from the
+    memory-mapped Arrow cache (`source: datasets`), fp32, alternating fresh processes."""
+    runs: dict[str, list[dict]] = {"text": [], "datasets": []}
+    for round_ in range(args.repeats):
+        for source in runs:
+            result = train_once("32-true", args.train_steps, WORK / f"throughput/{source}_r{round_}", source)
+            runs[source].append(result)
+            log.info("train from %s round %d: %.0f target tokens/s", source, round_, result["target_tokens_per_s"])
+    rows = [{"source": s, "target_tokens_per_s": statistics.median(r["target_tokens_per_s"] for r in results),
+             "all_tokens_per_s": [r["target_tokens_per_s"] for r in results], "steps": results[0]["steps"],
+             "target_tokens": results[0]["target_tokens"], "train_loss": results[0]["train_loss"]}
+            for s, results in runs.items()]
+    return {"rows": rows, "ratio_datasets_vs_text": rows[1]["target_tokens_per_s"] / rows[0]["target_tokens_per_s"],
+            "same_batches": rows[0]["target_tokens"] == rows[1]["target_tokens"], "repeats": args.repeats,
+            "target": "training tokens/s from `datasets` within 5 % of the in-memory path (Multi30k)"}
+
+
+STAGES = {"validate": validate_stage, "bf16": bf16_stage, "throughput": throughput_stage, "data": data_stage}
 
 
 def main(argv: list[str] | None = None) -> dict:
