@@ -42,10 +42,12 @@ class LengthBatchSampler(Sampler[list[int]]):
 
     `lengths` decide the padding (a batch costs max length x size); `tiebreak` (optional)
     orders items of equal length (e.g. source length under target length). With several
-    processes each rank takes every `num_replicas`-th batch: with `even_ranks` (training, where
-    DDP steps all ranks together) the same count on every rank, the last few batches dropped;
-    without (evaluation) every batch once, some ranks one more, and never none (the largest
-    batches are halved when there are fewer batches than processes).
+    processes, with `even_ranks` (training, where DDP steps all ranks together) each rank takes
+    every `num_replicas`-th batch, the same count on every rank, the last few batches dropped.
+    Without (evaluation) each rank takes every `num_replicas`-th item of the length-sorted order
+    and batches its share: every item once, and every rank the same number of items of the same
+    lengths, so decoding work is balanced (dealing out whole batches is not: a split has a few
+    batches only, and the one of the longest sentences decodes for the most steps).
     `resume_at(epoch, n)` makes that epoch's iteration start after its first `n` batches.
     """
 
@@ -82,6 +84,11 @@ class LengthBatchSampler(Sampler[list[int]]):
         """This epoch's batches for this rank."""
         order = np.asarray(list(self.sampler), dtype=np.int64)
         order = order[np.lexsort((self.tiebreak[order], self.lengths[order]))]
+        if not self.even_ranks and self.num_replicas > 1:
+            if len(order) < self.num_replicas:
+                raise ValueError(f"{len(order)} evaluation items cannot give each of {self.num_replicas} processes "
+                                 "a batch")
+            order = order[self.rank :: self.num_replicas]
         batches, current, longest = [], [], 0
         for i in order.tolist():
             n = int(self.lengths[i])
@@ -96,9 +103,8 @@ class LengthBatchSampler(Sampler[list[int]]):
             rng = np.random.default_rng([self.seed, self.sampler.epoch, 1])
             batches = [batches[j] for j in rng.permutation(len(batches))]
         if not self.even_ranks:
-            batches = _at_least(batches, self.num_replicas)
-        mine = batches[self.rank :: self.num_replicas]
-        return mine[: len(batches) // self.num_replicas] if self.even_ranks else mine
+            return batches
+        return batches[self.rank :: self.num_replicas][: len(batches) // self.num_replicas]
 
     def __iter__(self) -> Iterator[list[int]]:
         # A generator on purpose: Lightning calls iter() before set_epoch(), so the epoch (and
@@ -113,18 +119,6 @@ class LengthBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         # The full epoch even when resuming: Lightning counts the skipped batches as done.
         return len(self.batches())
-
-
-def _at_least(batches: list[list[int]], count: int) -> list[list[int]]:
-    """`batches` with the largest ones halved until there are `count` (every rank needs one batch)."""
-    batches = list(batches)
-    while len(batches) < count:
-        largest = max(range(len(batches)), key=lambda j: len(batches[j]), default=None)
-        if largest is None or len(batches[largest]) < 2:
-            raise ValueError(f"{sum(map(len, batches))} evaluation items cannot give each of {count} processes a batch")
-        batch = batches.pop(largest)
-        batches[largest:largest] = [batch[: len(batch) // 2], batch[len(batch) // 2 :]]
-    return batches
 
 
 class ResumableDataModule(L.LightningDataModule):

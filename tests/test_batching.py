@@ -55,13 +55,17 @@ def test_exactly_one_limit():
         LengthBatchSampler([1, 2], max_tokens=10, batch_size=2)
 
 
-def test_evaluation_shards_cover_every_item_once_in_the_one_process_batches():
+def test_evaluation_shards_cover_every_item_once_with_balanced_lengths():
     lengths = _lengths(101)
-    whole = LengthBatchSampler(lengths, max_tokens=300).batches()
     ranks = [LengthBatchSampler(lengths, max_tokens=300, rank=r, num_replicas=4, even_ranks=False).batches()
              for r in range(4)]
-    assert len(whole) % 4 != 0  # uneven: some rank has one batch more, and none is dropped
-    assert sorted(map(tuple, sum(ranks, []))) == sorted(map(tuple, whole))
+    items = [[i for batch in rank for i in batch] for rank in ranks]
+    assert sorted(sum(items, [])) == list(range(101))  # every item once, none dropped
+    assert {len(x) for x in items} == {25, 26}
+    tokens = [sum(lengths[i] for i in x) for x in items]
+    assert max(tokens) - min(tokens) <= max(lengths)  # interleaved sorted items: the same length profile
+    for rank in ranks:  # each share is still batched under the token budget
+        assert all(len(b) * max(lengths[i] for i in b) <= 300 for b in rank)
 
 
 def test_evaluation_with_fewer_batches_than_ranks_still_gives_every_rank_a_batch():

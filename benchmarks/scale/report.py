@@ -7,14 +7,16 @@ from pathlib import Path
 
 
 def validate_rows(r: dict) -> list[str]:
-    """1 vs 2 processes validating the same checkpoint."""
-    rows = ["| Multi30k val, greedy | processes | validation s (median) | whole command s | BLEU | chrF | sentences |",
-            "|---|---|---|---|---|---|---|"]
-    rows += [f"| {'DDP (gloo)' if x['processes'] > 1 else 'one process'} | {x['processes']} | {x['seconds']:.1f} "
-             f"| {x['command_seconds']:.1f} | {x['bleu']:.2f} | {x['chrf']:.2f} | {x['sentences']:.0f} |"
-             for x in r["rows"]]
-    rows += [f"| 2 vs 1 | | **{r['ratio_2_vs_1']:.2f}×** | {r['command_ratio_2_vs_1']:.2f}× "
-             f"| {'same' if r['same_scores_1_vs_2'] else 'DIFFERENT'} | | |",
+    """The validation setups side by side."""
+    rows = ["| Multi30k val, greedy | cold validation s (median) | warm validation s (median) | BLEU | chrF | loss "
+            "| sentences |", "|---|---|---|---|---|---|---|"]
+    rows += [f"| {x['setup']} | {x['cold_seconds']:.2f} | {x['warm_seconds']:.2f} | {x['bleu']:.2f} | {x['chrf']:.2f} "
+             f"| {x['loss']:.4f} | {x['sentences']:.0f} |" for x in r["rows"]]
+    rows += [f"| 2 processes vs 1 process, 1 thread | {r['cold_ratio_2_vs_1']:.2f}× "
+             f"| **{r['warm_ratio_2_vs_1']:.2f}×** "
+             f"| {'same scores in every setup' if r['same_scores_all_setups'] else 'SCORES DIFFER'} | | | |",
+             f"| 2 processes vs 1 process, 2 threads | | {r['warm_ratio_2_processes_vs_2_threads']:.2f}× | | | | |",
+             f"| 2 threads vs 1 (one process) | | {r['warm_ratio_2_threads_vs_1']:.2f}× | | | | |",
              f"| measured at | `{r['git_commit'][:10]}`, `{r['command']}`, {r['repeats']} rounds | | | | | |"]
     return rows + ["", f"Target: {r['target']}."]
 

@@ -2,10 +2,10 @@
 
     python -m benchmarks.scale.run [--stages validate bf16 throughput data] [--repeats 3] [--pairs 4500000]
 
-* **validate**: `train.py --fit false` on the shared Multi30k teacher (`configs/nmt/small.yaml`, greedy val, the
-  whole val split), 1 process (2 threads) against 2 DDP processes (gloo, 1 thread each, each decoding its share
-  of the batches, metrics reduced by torchmetrics), run alternately in fresh processes; the validation loop's
-  wall time (Lightning `Timer`, after the processes started) and the whole command's, medians.
+* **validate**: the shared Multi30k teacher (`configs/nmt/small.yaml`, greedy val, the whole val split) validated
+  by 1 process with 1 thread (one device), 2 DDP processes (gloo, 1 thread each: two devices, each decoding its
+  share, metrics reduced by torchmetrics) and 1 process with 2 threads, in turn in fresh processes
+  (`benchmarks.scale.validate_probe`): the first (cold) validation loop's wall time and the later (warm) ones'.
 * **data**: a synthetic 4.5M-pair corpus (`benchmarks.scale.make_corpus`, Multi30k train with deterministic
   noise); the translation datamodule on it with `source: text` (Python lists) and `source: datasets` (Arrow,
   memory-mapped), each from empty caches (SentencePiece training and encoding included) and from warm ones, in
@@ -39,39 +39,54 @@ SHARED_NMT = REPO.parent / "shared/checkpoints/nmt_small_swa.ckpt"
 log = logging.getLogger(__name__)
 
 
-def validate_once(processes: int, out: Path) -> dict:
-    """One `train.py --fit false` run: its metrics.json `validate` entry plus the command's wall time."""
-    cmd = [sys.executable, str(REPO / "train.py"), "--config", str(REPO / "configs/nmt/small.yaml"), "--fit", "false",
-           "--test", "false", "--ckpt_path", str(SHARED_NMT), "--trainer.logger.init_args.save_dir", str(out)]
+VALIDATE_SETUPS = {"1 process, 1 thread": (1, 1), "2 DDP processes (gloo), 1 thread each": (2, None),
+                   "1 process, 2 threads": (1, 2)}
+
+
+def validate_once(processes: int, threads: int | None, out: Path) -> dict:
+    """`benchmarks.scale.validate_probe` in fresh processes: its JSON line (cold and warm validation seconds,
+    scores). `threads` None lets Lightning give each DDP process its share of the cores."""
+    cmd = [sys.executable, "-m", "benchmarks.scale.validate_probe", "--config", str(REPO / "configs/nmt/small.yaml"),
+           "--fit", "false", "--test", "false", "--ckpt_path", str(SHARED_NMT), "--trainer.logger.init_args.save_dir",
+           str(out), "--trainer.enable_progress_bar", "false"]
     if processes > 1:
         cmd += ["--trainer.strategy", "ddp", "--trainer.devices", str(processes)]
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True)
-    wall = time.perf_counter() - start
-    (metrics,) = out.rglob("metrics.json")
-    return {**json.loads(metrics.read_text())["validate"], "command_seconds": wall}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("OMP_NUM_THREADS", None)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    shutil.rmtree(out, ignore_errors=True)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def validate_stage(args: argparse.Namespace) -> dict:
-    """1 vs 2 processes, alternating, `repeats` rounds: validation seconds, BLEU (must agree), sentences."""
-    runs: dict[int, list[dict]] = {1: [], 2: []}
+    """The setups of `VALIDATE_SETUPS` in turn, `repeats` rounds: the first (cold) validation of each run and the
+    later (warm) ones, as every epoch after the first validates in training; the scores must agree."""
+    runs: dict[str, list[dict]] = {name: [] for name in VALIDATE_SETUPS}
     for round_ in range(args.repeats):
-        for processes in runs:
-            result = validate_once(processes, WORK / f"validate/p{processes}_r{round_}")
-            runs[processes].append(result)
-            log.info("validate %d process(es), round %d: %.1f s, BLEU %.2f", processes, round_, result["seconds"],
-                     result["val/bleu"])
+        for j, (name, (processes, threads)) in enumerate(VALIDATE_SETUPS.items()):
+            result = validate_once(processes, threads, WORK / f"validate/s{j}_r{round_}")
+            runs[name].append(result)
+            log.info("validate, %s, round %d: cold %.1f s, warm %s s, BLEU %.2f", name, round_,
+                     result["cold_seconds"], [round(x, 1) for x in result["warm_seconds"]], result["val/bleu"])
     rows = []
-    for processes, results in runs.items():
-        rows.append({"processes": processes, "seconds": statistics.median(r["seconds"] for r in results),
-                     "command_seconds": statistics.median(r["command_seconds"] for r in results),
-                     "all_seconds": [r["seconds"] for r in results], "bleu": results[0]["val/bleu"],
-                     "chrf": results[0]["val/chrf"], "sentences": results[0]["val/sentences"],
-                     "same_scores_every_run": len({(r["val/bleu"], r["val/chrf"]) for r in results}) == 1})
-    one, two = rows
-    return {"rows": rows, "ratio_2_vs_1": two["seconds"] / one["seconds"],
-            "command_ratio_2_vs_1": two["command_seconds"] / one["command_seconds"],
-            "same_scores_1_vs_2": (one["bleu"], one["chrf"]) == (two["bleu"], two["chrf"]),
+    for name, results in runs.items():
+        warm = [x for r in results for x in r["warm_seconds"]]
+        rows.append({"setup": name, "processes": results[0]["processes"],
+                     "threads_per_process": results[0]["threads_per_process"],
+                     "cold_seconds": statistics.median(r["cold_seconds"] for r in results),
+                     "warm_seconds": statistics.median(warm), "all_cold_seconds": [r["cold_seconds"] for r in results],
+                     "all_warm_seconds": warm, "bleu": results[0]["val/bleu"], "chrf": results[0]["val/chrf"],
+                     "loss": results[0]["val/loss"], "sentences": results[0]["val/sentences"],
+                     "same_scores_every_run": all(r["same_scores_every_validation"] for r in results)
+                     and len({(r["val/bleu"], r["val/chrf"], r["val/loss"]) for r in results}) == 1})
+    one, two, threaded = rows
+    return {"rows": rows, "warm_ratio_2_vs_1": two["warm_seconds"] / one["warm_seconds"],
+            "cold_ratio_2_vs_1": two["cold_seconds"] / one["cold_seconds"],
+            "warm_ratio_2_processes_vs_2_threads": two["warm_seconds"] / threaded["warm_seconds"],
+            "warm_ratio_2_threads_vs_1": threaded["warm_seconds"] / one["warm_seconds"],
+            "same_scores_all_setups": len({(r["bleu"], r["chrf"], r["loss"]) for r in rows}) == 1,
             "checkpoint": "../shared/checkpoints/nmt_small_swa.ckpt", "repeats": args.repeats,
             "target": "validation wall time with 2 CPU processes <= 0.6x one process (Multi30k val, greedy)"}
 
