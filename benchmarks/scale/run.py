@@ -1,6 +1,6 @@
-"""Scale-out measurements: sharded validation across processes; the list-based and the `datasets` data paths.
+"""Scale-out measurements: sharded validation, the list-based and the `datasets` data paths, bf16 training.
 
-    python -m benchmarks.scale.run [--stages validate bf16 throughput data] [--repeats 3] [--pairs 4500000]
+    python -m benchmarks.scale.run [--stages validate bf16 throughput data bf16_full recipe] [--repeats 3]
 
 * **validate**: the shared Multi30k teacher (`configs/nmt/small.yaml`, greedy val, the whole val split) validated
   by 1 process with 1 thread (one device), 2 DDP processes (gloo, 1 thread each: two devices, each decoding its
@@ -14,6 +14,8 @@
 * **bf16**: `configs/nmt/small.yaml` trained for `--train_steps` steps in fp32 and in bf16-mixed (CPU autocast),
   alternating fresh processes (`benchmarks.scale.train_probe`): target tokens per second of the training loop.
 * **throughput**: the same fp32 run reading Multi30k from Python lists and from the `datasets` Arrow cache.
+* **bf16_full**: `make train` in bf16-mixed, test2016 against the fp32 shared teacher's (re-scored).
+* **recipe**: the bf16 recipe `configs/nmt/bf16_2h.yaml` (the 2-hour budget) to the end.
 Writes `benchmarks/results/scale/scale.json` after every stage (+ scale.md).
 """
 
@@ -36,6 +38,7 @@ REPO = Path(__file__).resolve().parents[2]
 WORK = REPO / "benchmarks/work/scale"
 RESULT = REPO / "benchmarks/results/scale/scale.json"
 SHARED_NMT = REPO.parent / "shared/checkpoints/nmt_small_swa.ckpt"
+FP32_TRAIN_MINUTES = 67  # `make train` of the shared teacher on this machine (its README)
 log = logging.getLogger(__name__)
 
 
@@ -173,7 +176,46 @@ def throughput_stage(args: argparse.Namespace) -> dict:
             "target": "training tokens/s from `datasets` within 5 % of the in-memory path (Multi30k)"}
 
 
-STAGES = {"validate": validate_stage, "bf16": bf16_stage, "throughput": throughput_stage, "data": data_stage}
+def full_run(args: list[str], out: Path) -> dict:
+    """`train.py --config configs/nmt/small.yaml ARGS` to the end (test2016 with beam 5 after the SWA weights are
+    in), in a fresh process: its wall minutes and metrics.json `test` entry."""
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, str(REPO / "train.py"), "--config", str(REPO / "configs/nmt/small.yaml"), *args,
+           "--trainer.logger.init_args.save_dir", str(out), "--trainer.enable_progress_bar", "false"]
+    start = time.perf_counter()
+    with (out.parent / f"{out.name}.log").open("w") as log_file:
+        subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=log_file,
+                       stderr=subprocess.STDOUT, check=True)
+    minutes = (time.perf_counter() - start) / 60
+    (metrics,) = out.rglob("metrics.json")
+    test = json.loads(metrics.read_text())["test"]
+    return {"minutes": minutes, "test2016_bleu": test["test/bleu"], "test2016_chrf": test["test/chrf"],
+            "args": " ".join(args)}
+
+
+def bf16_full_stage(args: argparse.Namespace) -> dict:
+    """`make train` (20 epochs of the small config, SWA) in bf16-mixed against the fp32 run the shared teacher
+    comes from: test2016 sacreBLEU (beam 5) of both, the fp32 one re-scored by today's code."""
+    (WORK / "full").mkdir(parents=True, exist_ok=True)
+    fp32 = full_run(["--fit", "false", "--ckpt_path", str(SHARED_NMT)], WORK / "full/fp32_shared_teacher")
+    log.info("fp32 (shared teacher) test2016 %.2f", fp32["test2016_bleu"])
+    bf16 = full_run(["--trainer.precision", "bf16-mixed"], WORK / "full/bf16")
+    log.info("bf16-mixed: %.1f min, test2016 %.2f", bf16["minutes"], bf16["test2016_bleu"])
+    return {"fp32": {**fp32, "minutes": FP32_TRAIN_MINUTES, "minutes_from": "../shared/checkpoints/README.md"},
+            "bf16": bf16, "bleu_difference": bf16["test2016_bleu"] - fp32["test2016_bleu"],
+            "target": "the make train-length run in bf16 within 0.3 BLEU of fp32 on test2016"}
+
+
+def recipe_stage(args: argparse.Namespace) -> dict:
+    """The bf16 recipe (`configs/nmt/bf16_2h.yaml` over the small config) to the end: minutes and test2016."""
+    (WORK / "full").mkdir(parents=True, exist_ok=True)
+    run = full_run(["--config", str(REPO / "configs/nmt/bf16_2h.yaml")], WORK / "full/bf16_2h")
+    log.info("bf16 recipe: %.1f min, test2016 %.2f", run["minutes"], run["test2016_bleu"])
+    return {**run, "budget_minutes": 120, "target": "test2016 sacreBLEU >= 39.5 within 2 hours on this CPU"}
+
+
+STAGES = {"validate": validate_stage, "bf16": bf16_stage, "throughput": throughput_stage, "data": data_stage,
+          "bf16_full": bf16_full_stage, "recipe": recipe_stage}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -181,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict:
     from benchmarks.scale.report import render_result
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stages", nargs="+", choices=list(STAGES), default=list(STAGES))
+    p.add_argument("--stages", nargs="+", choices=list(STAGES), default=["validate", "bf16", "throughput", "data"])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--train_steps", type=int, default=150, help="training steps per timed run (bf16 stage)")
     p.add_argument("--pairs", type=int, default=4_500_000, help="synthetic corpus size (data stage)")
