@@ -1,6 +1,6 @@
 """One timed training run in a fresh process (run by `benchmarks.scale.run`): `train.py` with the given arguments
-plus a callback timing the training loop; prints one JSON line with the training loop's seconds and the target
-tokens it trained on (counted from the datamodule's own batches, the same for every precision).
+plus a callback timing the training loop after its first 20 batches; prints one JSON line with those batches'
+seconds and target tokens (the same batches for every precision and data source).
 
     python -m benchmarks.scale.train_probe --config configs/nmt/small.yaml --trainer.max_steps 150 ...
 """
@@ -17,14 +17,21 @@ from core.cli import main as train_main
 
 
 class TrainLoopTimer(Callback):
-    """Wall seconds from the start to the end of the training loop (Lightning's `Timer` has an enum argument
-    the saved config cannot represent)."""
+    """Wall seconds and target tokens of the training batches after the first `warmup` (kernel selection and
+    allocator warm-up are a start cost, not a training speed), up to the end of the last batch."""
 
-    def on_train_start(self, trainer, pl_module) -> None:  # noqa: D102
-        self.start = time.perf_counter()
+    def __init__(self, warmup: int = 20) -> None:
+        self.warmup, self.tokens, self.batches, self.start, self.end = warmup, 0, 0, None, None
 
-    def on_train_end(self, trainer, pl_module) -> None:  # noqa: D102
-        self.seconds = time.perf_counter() - self.start
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: D102
+        self.batches += 1
+        if self.batches == self.warmup + 1:
+            self.start = time.perf_counter()
+        if self.start is not None:
+            self.tokens += int((batch["tgt_out"] != pl_module.cfg.pad_id).sum())
+
+    def on_train_batch_end(self, trainer, *args) -> None:  # noqa: D102
+        self.end = time.perf_counter()
 
 
 def main() -> None:
@@ -32,15 +39,10 @@ def main() -> None:
     cli = train_main([*sys.argv[1:], "--trainer.callbacks+=benchmarks.scale.train_probe.TrainLoopTimer"])
     # by name: run with -m, this file is `__main__`, and the CLI imported it again under its package name
     timer = next(c for c in cli.trainer.callbacks if type(c).__name__ == TrainLoopTimer.__name__)
-    steps = cli.trainer.global_step * cli.trainer.accumulate_grad_batches
-    dm = cli.datamodule
-    dm._resume = None  # count the run's batches from the start of the epoch
-    tokens = 0
-    for _, batch in zip(range(steps), dm.train_dataloader(), strict=False):
-        tokens += int((batch["tgt_out"] != 0).sum())
-    seconds = timer.seconds
-    print(json.dumps({"precision": str(cli.trainer.precision), "steps": cli.trainer.global_step, "seconds": seconds,
-                      "target_tokens": tokens, "target_tokens_per_s": tokens / seconds,
+    seconds = timer.end - timer.start
+    print(json.dumps({"precision": str(cli.trainer.precision), "steps": cli.trainer.global_step,
+                      "timed_batches": timer.batches - timer.warmup, "seconds": seconds, "target_tokens": timer.tokens,
+                      "target_tokens_per_s": timer.tokens / seconds,
                       "train_loss": float(cli.trainer.callback_metrics["train/loss"])}))
 
 
