@@ -97,15 +97,25 @@ class MultiHeadAttention(nn.Module):
                 if is_causal and t > 1:
                     mask = _causal_tail_mask(t, k.shape[2], x.device)
                 is_causal = False
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
-            dropout_p=self.dropout if self.training else 0.0,
-        )  # (B, H, T, Dh)
+        out = _attend(q, k, v, mask, is_causal and mask is None, self.dropout if self.training else 0.0)
         if self.head_mask is not None:
             scale = self.head_mask.to(out.dtype)
             out = out * (scale.view(1, -1, 1, 1) if scale.dim() == 1 else scale[:, :, None, None])
         out = out.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim)
         return self.out_proj(out)
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool, dropout_p: float) -> Tensor:
+    """`F.scaled_dot_product_attention` (B, H, T, Dh), in fp32 for bf16 / fp16 inputs on CPU: there PyTorch's
+    fused kernel is slower in half precision than in fp32 (its backward about 7x on this AVX-512 CPU), while the
+    projections around it are the GEMMs half precision speeds up. The result comes back in the input's dtype."""
+    low = q.dtype in (torch.bfloat16, torch.float16) and q.device.type == "cpu"
+    if not low:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p)
+    with torch.autocast("cpu", enabled=False):
+        out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, is_causal=is_causal,
+                                             dropout_p=dropout_p)
+    return out.to(q.dtype)
 
 
 def _causal_tail_mask(t: int, s: int, device: torch.device) -> Tensor:

@@ -73,18 +73,27 @@ def read_conll(path: str | Path) -> list[Sentence]:
     return sentences
 
 
-def from_records(records: Iterable[dict], names: list[str], source: str = "records") -> list[Sentence]:
-    """Sentences from the `datasets` conll2003 layout: `tokens` and integer `ner_tags` into `names`."""
+def from_records(records: Iterable[dict], names: list[str] | None, source: str = "records") -> list[Sentence]:
+    """Sentences from the `datasets` conll2003 layout: `tokens` and `ner_tags`, integer ids into `names` (the
+    ClassLabel names) or, with `names` None, the tag strings themselves."""
     sentences = []
     for i, record in enumerate(records):
         tokens, ids = list(record["tokens"]), list(record["ner_tags"])
         if len(tokens) != len(ids):
             raise ValueError(f"{source}[{i}]: {len(tokens)} tokens but {len(ids)} ner_tags")
-        bad = [t for t in ids if not 0 <= t < len(names)]
-        if bad:
-            raise ValueError(f"{source}[{i}]: tag ids {bad} outside the {len(names)} names")
+        if names is None:
+            bad = [t for t in ids if not isinstance(t, str) or not TAG_RE.match(t)]
+            if bad:
+                raise ValueError(f"{source}[{i}]: tags {bad[:3]} are neither O, B-X nor I-X (integer ner_tags need "
+                                 "tag names: a ClassLabel feature or data.tag_names)")
+            tags = ids
+        else:
+            bad = [t for t in ids if not isinstance(t, int) or not 0 <= t < len(names)]
+            if bad:
+                raise ValueError(f"{source}[{i}]: tag ids {bad} outside the {len(names)} names")
+            tags = [names[t] for t in ids]
         if tokens:
-            sentences.append(Sentence(tokens, [names[t] for t in ids], f"{source}[{i}]"))
+            sentences.append(Sentence(tokens, tags, f"{source}[{i}]"))
     return sentences
 
 

@@ -12,11 +12,12 @@ from tokenizers import Tokenizer
 from torch.utils.data import DataLoader
 
 from core.batching import LengthBatchSampler, ResumableDataModule
-from core.data_dir import resolve_data_dir
+from core.data_dir import REPO_ROOT, resolve_data_dir
 from core.hf_import import default_checkpoint_dir, load_tokenizer
+from core.tables import hub_table, is_table, read_table, require_columns
 from ner.align import IGNORE, OTHER, Example, SentenceEncoder, document_context
 from ner.augment import entity_swapped
-from ner.conll import Sentence, label_list, read_conll, to_iob2
+from ner.conll import Sentence, from_records, label_list, read_conll, to_iob2
 
 
 def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
@@ -67,6 +68,11 @@ class CoNLLDataModule(ResumableDataModule):
     entity word a random pseudo-word (`ner.augment`; tags kept, seeded by `seed`);
     `sentences['train']` stays the original file, the copies follow it in `examples['train']`
     (their `sentence` index is past the last original sentence).
+
+    Instead of CoNLL files, `files` {train, dev, test: path} reads Parquet / JSON(L) / Arrow files or
+    `save_to_disk` folders in the `datasets` conll2003 layout (`tokens`, `ner_tags`: ClassLabel ids,
+    ids named by `tag_names`, or tag strings), and `hub` (+ `hub_config`) a hub dataset for users
+    online (e.g. `conll2003`; its splits train / validation / test).
     """
 
     def __init__(
@@ -75,11 +81,21 @@ class CoNLLDataModule(ResumableDataModule):
         batch_size: int | None = 32, batch_tokens: int | None = None, label_all_subtokens: bool = True,
         max_sentences: int | None = None, max_eval_sentences: int | None = None, num_workers: int = 0,
         seed: int = 0, context_tokens: int = 0, entity_swap_copies: int = 0,
+        files: dict[str, str] | None = None, hub: str | None = None, hub_config: str | None = None,
+        tag_names: list[str] | None = None, cache_dir: str = str(REPO_ROOT / "cache" / "hf"),
     ) -> None:
         super().__init__()
-        self.data_dir = resolve_data_dir(dir, "conll2003")
-        self.paths = {s: self.data_dir / f for s, f in (("train", train_file), ("dev", dev_file),
-                                                         ("test", test_file))}
+        if files and sorted(files) != ["dev", "test", "train"]:
+            raise ValueError(f"data.files must name exactly the splits ['dev', 'test', 'train'], got {sorted(files)}")
+        self.hub, self.hub_config, self.tag_names, self.cache_dir = hub, hub_config, tag_names, Path(cache_dir)
+        if files:
+            self.paths = {s: Path(files[s]).expanduser() for s in ("train", "dev", "test")}
+        elif hub:
+            self.paths = {}
+        else:
+            self.data_dir = resolve_data_dir(dir, "conll2003")
+            self.paths = {s: self.data_dir / f for s, f in (("train", train_file), ("dev", dev_file),
+                                                             ("test", test_file))}
         self.tokenizer_source = str(Path(tokenizer).resolve()) if tokenizer else str(default_checkpoint_dir())
         self.max_length, self.label_all_subtokens = max_length, label_all_subtokens
         if context_tokens < 0:
@@ -101,18 +117,36 @@ class CoNLLDataModule(ResumableDataModule):
         """Read and convert all splits once (cheap: under a second for CoNLL-2003)."""
         if self.sentences:
             return
-        for split, path in self.paths.items():
-            if not path.is_file():
-                raise FileNotFoundError(f"{split} split not found: {path}")
-            sentences, self.schemes[split] = to_iob2(read_conll(path))
+        for split in ("train", "dev", "test"):
+            where, raw = self._read_split(split)
+            sentences, self.schemes[split] = to_iob2(raw)
             if not sentences:
-                raise ValueError(f"{split} split {path} has no sentences")
+                raise ValueError(f"{split} split {where} has no sentences")
             converted = " (converted to IOB2)" if self.schemes[split] == "IOB1" else ""
-            rank_zero_info(f"{split}: {path}, {len(sentences):,} sentences, {self.schemes[split]}{converted}")
+            rank_zero_info(f"{split}: {where}, {len(sentences):,} sentences, {self.schemes[split]}{converted}")
             self.sentences[split] = sentences
         self.labels = label_list(self.sentences["train"])
         for split in self.paths:
             self.sentences[split] = self.sentences[split][: self.limits[split]]
+
+    def _read_split(self, split: str) -> tuple[str, list[Sentence]]:
+        """(where it came from, its sentences) from a CoNLL file, a table or the hub."""
+        if self.hub:
+            hub_split = {"dev": "validation"}.get(split, split)
+            table = hub_table(self.hub, self.hub_config, hub_split, self.cache_dir,
+                              "--data.files '{train: train.parquet, dev: ..., test: ...}'")
+            where = f"hub dataset {self.hub!r} ({self.hub_config}) split {hub_split!r}"
+        else:
+            path = self.paths[split]
+            if not is_table(path):
+                if not path.is_file():
+                    raise FileNotFoundError(f"{split} split not found: {path}")
+                return str(path), read_conll(path)
+            table, where = read_table(path, self.cache_dir), str(path)
+        require_columns(table, ["tokens", "ner_tags"], where)
+        feature = getattr(table.features["ner_tags"], "feature", None)
+        names = getattr(feature, "names", None) or self.tag_names
+        return where, from_records(table.select_columns(["tokens", "ner_tags"]), names, where)
 
     def spec(self) -> TaggingSpec:
         """What the tagger must agree with: labels, tokenizer, window length, source schemes."""

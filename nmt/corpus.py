@@ -22,21 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from core.tables import hub_table, read_table
 from nmt.vocab import Vocab
-
-TABLE_SUFFIXES = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".arrow": "arrow"}
-
-
-def file_digest(path: Path) -> str:
-    """Content hash of a file, or of every file inside a folder (a `save_to_disk` dataset)."""
-    digest = hashlib.blake2b(digest_size=16)
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        digest.update(file.name.encode())
-        with file.open("rb") as f:
-            while chunk := f.read(1 << 22):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_table(source: Path | tuple[Path, Path], src_lang: str, tgt_lang: str, cache_dir: Path):
@@ -59,17 +46,7 @@ def load_table(source: Path | tuple[Path, Path], src_lang: str, tgt_lang: str, c
                              f"{source[1]} has {len(sides[1])}")
         return datasets.concatenate_datasets(
             [sides[0].rename_column("text", "src"), sides[1].rename_column("text", "tgt")], axis=1)
-    if source.is_dir():
-        table = datasets.load_from_disk(str(source))
-        if isinstance(table, datasets.DatasetDict):
-            raise ValueError(f"{source} holds a DatasetDict ({list(table)}); point each split at its own folder")
-    elif source.suffix in TABLE_SUFFIXES:
-        if not source.is_file():
-            raise FileNotFoundError(f"parallel data file not found: {source}")
-        table = datasets.load_dataset(TABLE_SUFFIXES[source.suffix], data_files=str(source), split="train",
-                                      cache_dir=str(cache_dir))
-    else:
-        raise ValueError(f"{source}: expected a .parquet, .json, .jsonl or .arrow file or a save_to_disk folder")
+    table = read_table(source, cache_dir)
     return language_columns(table, src_lang, tgt_lang, str(source))
 
 
@@ -91,15 +68,8 @@ def language_columns(table, src_lang: str, tgt_lang: str, where: str):
 def load_hub(name: str, config: str | None, split: str, src_lang: str, tgt_lang: str, cache_dir: Path):
     """A split of a hub dataset (online users), as `load_table` returns it; offline, one error saying how to
     point at local files instead."""
-    import datasets
-
-    try:
-        table = datasets.load_dataset(name, config, split=split, cache_dir=str(cache_dir))
-    except ConnectionError as err:  # what `datasets` raises offline (no network, or HF_HUB_OFFLINE=1)
-        raise ConnectionError(
-            f"cannot load hub dataset {name!r} ({config}): this machine looks offline ({type(err).__name__}: "
-            f"{err}). Point data.files at local Parquet/JSON/Arrow files or a save_to_disk folder instead "
-            "(e.g. --data.files '{train: wmt14/train.parquet, val: ..., test: ...}')") from err
+    table = hub_table(name, config, split, cache_dir,
+                      "e.g. --data.files '{train: wmt14/train.parquet, val: ..., test: ...}'")
     return language_columns(table, src_lang, tgt_lang, f"hub dataset {name!r} ({config}) split {split!r}")
 
 

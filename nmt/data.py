@@ -20,6 +20,7 @@ from typing_extensions import override
 
 from core.batching import LengthBatchSampler, ResumableDataModule
 from core.data_dir import REPO_ROOT, resolve_data_dir
+from core.tables import file_digest
 from nmt import corpus
 from nmt.corpus import ArrowParallelSplit
 from nmt.vocab import BOS_ID, EOS_ID, PAD_ID, Vocab, VocabSpec, build_vocab
@@ -172,7 +173,7 @@ class TranslationDataModule(ResumableDataModule):
             data = self._tables[name]._fingerprint
         else:
             source = self.files.get(name) or self._files(name)
-            data = "-".join(corpus.file_digest(p) for p in (source if isinstance(source, tuple) else (source,)))
+            data = "-".join(file_digest(p) for p in (source if isinstance(source, tuple) else (source,)))
         key = hashlib.blake2b(f"{data}|{self.src_lang}|{self.tgt_lang}|{corpus.vocab_digest(self.vocab)}".encode(),
                               digest_size=12).hexdigest()
         return self.cache_dir / "arrow" / f"{name}-{key}.arrow"
@@ -212,7 +213,7 @@ class TranslationDataModule(ResumableDataModule):
             self._setup_tables()
             return
         if self.trainer is not None and not self.splits:
-            self.check_same_data("-".join(corpus.file_digest(p) for p in self.data_files()))
+            self.check_same_data("-".join(file_digest(p) for p in self.data_files()))
         for name, (src, tgt) in self._text.items():
             if name in self.splits:
                 continue

@@ -1,9 +1,9 @@
 """STS-B files, unlabelled sentence files and the sentence-distillation DataModule.
 
-STS files are CSV `sentence1,sentence2,score` without a header, score in [0, 5] (STS-B and
-its translations). Unlabelled sentences come from any mix of: one-sentence-a-line text files,
-CoNLL files (`read_token_lines`) and STS
-CSVs (both sentences of every row). A malformed line is one ValueError naming file and line.
+STS files are CSV `sentence1,sentence2,score` without a header, score in [0, 5] (STS-B and its
+translations), or tables with those columns read through `datasets`. Unlabelled sentences come from
+any mix of: one-sentence-a-line text files, CoNLL files (`read_token_lines`) and STS CSVs (both
+sentences of every row). A malformed line is one ValueError naming file and line.
 """
 
 from __future__ import annotations
@@ -20,9 +20,13 @@ from torch.utils.data import DataLoader
 from typing_extensions import override
 
 from core.batching import LengthBatchSampler, ResumableDataModule
+from core.data_dir import REPO_ROOT
 from core.hf_import import default_checkpoint_dir, load_tokenizer
+from core.tables import hub_table, is_table, read_table, require_columns
 
 SCORE_RANGE = (0.0, 5.0)
+HUB_PREFIX = "hub:"
+HF_CACHE = REPO_ROOT / "cache" / "hf"
 
 
 @dataclass(frozen=True)
@@ -34,9 +38,21 @@ class STSPair:
     score: float
 
 
-def read_sts(path: str | Path) -> list[STSPair]:
-    """The pairs of an STS CSV; wrong column count, bad or out-of-range score -> ValueError with file:line."""
-    path = Path(path)
+def read_sts(source: str | Path, cache_dir: Path = HF_CACHE) -> list[STSPair]:
+    """The pairs of an STS set: a CSV (sentence1,sentence2,score), a Parquet / JSON(L) / Arrow file or
+    `save_to_disk` folder with those columns, or `hub:<name>[:<config>]:<split>` (e.g.
+    `hub:mteb/stsbenchmark-sts:test`, online users). Wrong column count or names, a bad or out-of-range score
+    -> ValueError with file:line (or table[row])."""
+    if str(source).startswith(HUB_PREFIX):
+        parts = str(source)[len(HUB_PREFIX):].split(":")
+        if len(parts) not in (2, 3) or not all(parts):
+            raise ValueError(f"{source!r}: expected hub:<name>[:<config>]:<split>, e.g. hub:mteb/stsbenchmark-sts:test")
+        name, config, split = parts[0], parts[1] if len(parts) == 3 else None, parts[-1]
+        table = hub_table(name, config, split, cache_dir, "a local .csv or .parquet path")
+        return _pairs_of_table(table, str(source))
+    path = Path(source)
+    if is_table(path):
+        return _pairs_of_table(read_table(path, cache_dir), str(path))
     if not path.is_file():
         raise ValueError(f"STS file {str(path)!r} does not exist")
     with open(path, encoding="utf-8", newline="") as f:
@@ -46,15 +62,29 @@ def read_sts(path: str | Path) -> list[STSPair]:
         where = f"{path}:{number}"
         if len(row) != 3:
             raise ValueError(f"{where}: expected 3 columns (sentence1,sentence2,score), got {len(row)}")
-        try:
-            score = float(row[2])
-        except ValueError:
-            raise ValueError(f"{where}: score {row[2]!r} is not a number") from None
-        if not SCORE_RANGE[0] <= score <= SCORE_RANGE[1]:
-            raise ValueError(f"{where}: score {score} is outside {SCORE_RANGE[0]}-{SCORE_RANGE[1]}")
-        out.append(STSPair(row[0], row[1], score))
+        out.append(STSPair(row[0], row[1], _score(row[2], where)))
     if not out:
         raise ValueError(f"STS file {path} is empty")
+    return out
+
+
+def _score(value: object, where: str) -> float:
+    try:
+        score = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: score {value!r} is not a number") from None
+    if not SCORE_RANGE[0] <= score <= SCORE_RANGE[1]:
+        raise ValueError(f"{where}: score {score} is outside {SCORE_RANGE[0]}-{SCORE_RANGE[1]}")
+    return score
+
+
+def _pairs_of_table(table, where: str) -> list[STSPair]:
+    require_columns(table, ["sentence1", "sentence2", "score"], where)
+    rows = table.select_columns(["sentence1", "sentence2", "score"])[:]
+    out = [STSPair(a, b, _score(score, f"{where}[{i}]"))
+           for i, (a, b, score) in enumerate(zip(rows["sentence1"], rows["sentence2"], rows["score"], strict=True))]
+    if not out:
+        raise ValueError(f"STS table {where} is empty")
     return out
 
 
@@ -137,7 +167,8 @@ class SentenceDataModule(ResumableDataModule):
     {"index", "input_ids", "attention_mask"} (+ "target_input_ids", "target_attention_mask");
     batches group sentences of similar token length (little padding) in a shuffled order, and
     a resumed run continues at the checkpointed position (`ResumableDataModule`).
-    `sts_files` {language: csv} are the validation sets, one dataloader each.
+    `sts_files` {language: csv, table or hub:name:split (`read_sts`)} are the validation sets, one
+    dataloader each.
     """
 
     def __init__(
@@ -168,7 +199,8 @@ class SentenceDataModule(ResumableDataModule):
 
     def data_files(self) -> list[Path]:
         """Every file read, for the run record."""
-        files = list(self.hparams.train_files or []) + list((self.hparams.sts_files or {}).values())
+        files = list(self.hparams.train_files or []) + [
+            p for p in (self.hparams.sts_files or {}).values() if not str(p).startswith(HUB_PREFIX)]
         return [Path(p) for p in files + [p for pair in self.hparams.parallel_files or [] for p in pair]]
 
     def _collate_train(self, indices: list[int]) -> dict[str, torch.Tensor]:
@@ -196,9 +228,9 @@ class SentenceDataModule(ResumableDataModule):
 
     def sts_loader(self, pairs: list[STSPair]) -> DataLoader:
         """Batches {"a": ids/mask of sentence1, "b": of sentence2, "score"} in file order; under DDP each
-        process takes every world-size-th batch."""
+        process takes every world-size-th pair."""
         rank, world = self.shard()
-        # Equal "lengths": the sampler's stable sort keeps file order, so one process sees the batches it always did.
+        # Equal "lengths": the sampler's stable sort keeps file order (one process sees the batches it always did).
         sampler = LengthBatchSampler([0] * len(pairs), batch_size=self.hparams.eval_batch_size, rank=rank,
                                      num_replicas=world, even_ranks=False)
         return DataLoader(pairs, batch_sampler=sampler,

@@ -92,6 +92,7 @@ class PipelineConfig:
     output_dir: str = "benchmarks/work/sts_prune_distill"
     report_json: str | None = None
     seed: int = 1234
+    precision: str = "32-true"  # Lightning's: "bf16-mixed" distils in bf16 autocast (fp32 weights and losses)
 
 
 def check_config(cfg: PipelineConfig) -> None:
@@ -156,7 +157,8 @@ def distil(student: SentenceEncoderModule, datamodule: SentenceDataModule, cfg: 
     L.seed_everything(cfg.seed, workers=True)
     student.teacher_cache = teacher_cache
     trainer = L.Trainer(
-        max_epochs=epochs or cfg.epochs, accelerator="auto", logger=TensorBoardLogger(cfg.output_dir, name=name),
+        max_epochs=epochs or cfg.epochs, accelerator="auto", precision=cfg.precision,
+        logger=TensorBoardLogger(cfg.output_dir, name=name),
         callbacks=[TriangleSchedule(cfg.peak_lr, cfg.warmup)], enable_checkpointing=False,
         num_sanity_val_steps=0, log_every_n_steps=20, gradient_clip_val=1.0, enable_model_summary=False,
         use_distributed_sampler=False,  # the datamodule's batch samplers shard across processes themselves

@@ -100,3 +100,14 @@ def tiny_ner_batch(max_id: int = 100, ignore_first: bool = False) -> dict:
     if ignore_first:
         labels[0, 0] = -100
     return {"input_ids": ids, "attention_mask": mask, "casing": torch.zeros_like(ids), "labels": labels}
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HF_HUB_OFFLINE=1 as if set before the start (the libraries read it once, at import): no network retries."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)

@@ -99,3 +99,21 @@ def test_bad_shapes_are_clear_errors():
         MultiHeadAttention(10, 4)
     with pytest.raises(ValueError, match="cross-attention needs `memory`"):
         MultiHeadAttention(16, 4, cross=True)(torch.randn(1, 2, 16))
+
+
+def test_half_precision_attention_on_cpu_runs_in_fp32_and_returns_the_input_dtype() -> None:
+    # bf16 inputs (as autocast gives them): the fused kernel runs on their fp32 upcast, even inside autocast,
+    # and the result is that fp32 result rounded to bf16 once; gradients flow back to the bf16 inputs.
+    from core.attention import _attend
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 7, 8).bfloat16().requires_grad_() for _ in range(3))
+    mask = torch.rand(2, 1, 7, 7) > 0.3
+    mask[..., 0] = True
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = _attend(q, k, v, mask, False, 0.0)
+    expected = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, expected.bfloat16())
+    out.float().sum().backward()
+    assert q.grad is not None and q.grad.dtype == torch.bfloat16

@@ -105,8 +105,7 @@ def test_unaligned_text_files_name_both_counts(multi30k_slice: Path, tmp_path: P
         datamodule(folder, tmp_path / "c", source="datasets")
 
 
-def test_hub_dataset_offline_says_so_and_how_to_use_local_files(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_hub_dataset_offline_says_so_and_how_to_use_local_files(tmp_path: Path, offline) -> None:
     with pytest.raises(ConnectionError, match="looks offline.*data.files"):
         TranslationDataModule(hub="wmt14", hub_config="de-en", cache_dir=str(tmp_path))
 
