@@ -151,8 +151,10 @@ class ArrowParallelSplit:
 
     def lengths(self) -> tuple[np.ndarray, np.ndarray]:
         """(source, target) lengths in pieces + EOS, read from the Arrow columns."""
-        columns = self.table.with_format("numpy")
-        return np.asarray(columns["src_len"], dtype=np.int64), np.asarray(columns["tgt_len"], dtype=np.int64)
+        # One batched read through Arrow (honouring a `select` index mapping); iterating a `datasets` Column
+        # formats it row by row, minutes at WMT size.
+        columns = self.table.select_columns(["src_len", "tgt_len"]).with_format("numpy")[:]
+        return columns["src_len"].astype(np.int64), columns["tgt_len"].astype(np.int64)
 
     def rows(self, indices: Sequence[int]) -> tuple[list[list[int]], list[list[int]], list[str], list[str]]:
         """(source ids, target ids, source text, target text) of the rows `indices`."""

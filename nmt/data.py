@@ -23,7 +23,7 @@ from core.data_dir import REPO_ROOT, resolve_data_dir
 from core.tables import file_digest
 from nmt import corpus
 from nmt.corpus import ArrowParallelSplit
-from nmt.vocab import BOS_ID, EOS_ID, PAD_ID, Vocab, VocabSpec, build_vocab
+from nmt.vocab import BOS_ID, EOS_ID, PAD_ID, Vocab, VocabSpec, build_vocab, load_vocab_file, save_vocab_file
 
 
 def read_parallel(src_path: Path, tgt_path: Path) -> tuple[list[str], list[str], int]:
@@ -141,15 +141,25 @@ class TranslationDataModule(ResumableDataModule):
             raise ValueError(f"data.source must be 'text' or 'datasets', got {source!r}")
         self.root = resolve_data_dir(dir, subdir) if not (self.files or hub) else None
         self.splits: dict[str, ParallelSplit | ArrowParallelSplit] = {}
+        vocab_options = (vocab_size, spm_model_type, joint_vocab)
         if self.use_datasets:
             self._tables = {name: self._load_table(name) for name in self.split_names}
-            src_train, tgt_train = corpus.training_text(self._tables["train"], limit_train, vocab_sample)
+            self.vocab: Vocab = self._table_vocab(*vocab_options, vocab_sample)
         else:
             self._text = {name: self._read(name) for name in self.split_names}
-            src_train, tgt_train = self._text["train"]
-        self.vocab: Vocab = build_vocab(src_train, tgt_train, vocab_size, spm_model_type, joint_vocab,
-                                        self.cache_dir)
-        del src_train, tgt_train  # the datasets path holds no sentence lists
+            self.vocab = build_vocab(*self._text["train"], *vocab_options, self.cache_dir)
+
+    def _table_vocab(self, vocab_size: int, model_type: str, joint: bool, sample: int) -> Vocab:
+        """The SentencePiece model of the table path, cached under a key of the training data's digest and the
+        options: a second start loads it without reading millions of training sentences back into Python."""
+        options = [vocab_size, model_type, joint, self.limit_train, sample, self.src_lang, self.tgt_lang]
+        key = hashlib.blake2b(f"{self._data_key('train')}|{options}".encode(), digest_size=12).hexdigest()
+        path = self.cache_dir / f"spm-data-{key}.json"
+        if (vocab := load_vocab_file(path)) is None:
+            src_train, tgt_train = corpus.training_text(self._tables["train"], self.limit_train, sample)
+            vocab = build_vocab(src_train, tgt_train, vocab_size, model_type, joint, self.cache_dir)
+            save_vocab_file(path, vocab)
+        return vocab
 
     def _table_files(self, files: dict[str, str] | None) -> dict[str, Path]:
         if not files:
@@ -167,13 +177,16 @@ class TranslationDataModule(ResumableDataModule):
         return corpus.load_table(source, self.src_lang, self.tgt_lang, hf_cache)
 
     @functools.cache  # noqa: B019 (one datamodule per run; hashing a WMT-size file once is enough)
+    def _data_key(self, name: str) -> str:
+        """Digest of a split's data: its files' contents (a hub split: the dataset's fingerprint)."""
+        if self.hub:
+            return self._tables[name]._fingerprint
+        source = self.files.get(name) or self._files(name)
+        return "-".join(file_digest(p) for p in (source if isinstance(source, tuple) else (source,)))
+
     def _cache_file(self, name: str) -> Path:
         """The encoded table's cache file: keyed by the split's data and the SentencePiece model."""
-        if self.hub:
-            data = self._tables[name]._fingerprint
-        else:
-            source = self.files.get(name) or self._files(name)
-            data = "-".join(file_digest(p) for p in (source if isinstance(source, tuple) else (source,)))
+        data = self._data_key(name)
         key = hashlib.blake2b(f"{data}|{self.src_lang}|{self.tgt_lang}|{corpus.vocab_digest(self.vocab)}".encode(),
                               digest_size=12).hexdigest()
         return self.cache_dir / "arrow" / f"{name}-{key}.arrow"

@@ -92,16 +92,28 @@ def build_vocab(
     for line in src_lines + tgt_lines:
         key.update(line.encode())
     path = Path(cache_dir) / f"spm-{key.hexdigest()[:16]}.json"
-    if path.exists():
-        state = json.loads(path.read_text())
-        return Vocab(bytes.fromhex(state["src"]), bytes.fromhex(state["tgt"]) if state["tgt"] else None)
+    if (cached := load_vocab_file(path)) is not None:
+        return cached
     if joint:
-        src_proto, tgt_proto = _train(src_lines + tgt_lines, vocab_size, model_type), None
+        vocab = Vocab(_train(src_lines + tgt_lines, vocab_size, model_type))
     else:
-        src_proto, tgt_proto = _train(src_lines, vocab_size, model_type), _train(tgt_lines, vocab_size, model_type)
+        vocab = Vocab(_train(src_lines, vocab_size, model_type), _train(tgt_lines, vocab_size, model_type))
+    save_vocab_file(path, vocab)
+    return vocab
+
+
+def load_vocab_file(path: Path) -> Vocab | None:
+    """The vocabulary `save_vocab_file` wrote at `path`, or None if there is none."""
+    if not path.exists():
+        return None
+    state = json.loads(path.read_text())
+    return Vocab(bytes.fromhex(state["src"]), bytes.fromhex(state["tgt"]) if state["tgt"] else None)
+
+
+def save_vocab_file(path: Path, vocab: Vocab) -> None:
+    """Write `vocab`'s model protos to `path` atomically (DDP ranks may train concurrently: whichever finishes
+    last replaces the file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Atomic: DDP ranks may train concurrently; whichever finishes last replaces the file.
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        json.dump({"src": src_proto.hex(), "tgt": tgt_proto.hex() if tgt_proto else None}, f)
+        json.dump({"src": vocab.src_proto.hex(), "tgt": vocab.tgt_proto.hex() if vocab.tgt_proto else None}, f)
     os.replace(f.name, path)
-    return Vocab(src_proto, tgt_proto)

@@ -71,12 +71,18 @@ def test_parquet_and_save_to_disk_sources_with_a_translation_column(multi30k_sli
         assert_same_batches(batches(text, split), batches(table, split))
 
 
-def test_arrow_cache_is_reused_and_rebuilt_for_another_tokenizer(multi30k_slice: Path, tmp_path: Path) -> None:
+def test_arrow_cache_is_reused_and_rebuilt_for_another_tokenizer(multi30k_slice: Path, tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    from nmt import corpus
+
     first = datamodule(multi30k_slice, tmp_path / "c", source="datasets")
     cache_files = sorted((tmp_path / "c" / "arrow").glob("*.arrow"))
     assert [p.name.split("-")[0] for p in cache_files] == ["test", "train", "val"]
     stamps = {p: p.stat().st_mtime_ns for p in cache_files}
-    again = datamodule(multi30k_slice, tmp_path / "c", source="datasets")
+    with monkeypatch.context() as m:  # a second start reads no training sentences back: the vocabulary is cached
+        m.setattr(corpus, "training_text", lambda *a: pytest.fail("training text read on a cached start"))
+        again = datamodule(multi30k_slice, tmp_path / "c", source="datasets")
+    assert again.vocab.to_state() == first.vocab.to_state()
     assert {p: p.stat().st_mtime_ns for p in cache_files} == stamps  # memory-mapped, not rewritten
     assert again.splits["train"].table.cache_files[0]["filename"] in map(str, cache_files)
     assert_same_batches(batches(first, "train"), batches(again, "train"))

@@ -118,7 +118,7 @@ def data_stage(args: argparse.Namespace) -> dict:
         make(args.pairs, corpus)
         marker.touch()
     rows = []
-    for source in ("datasets", "text"):
+    for source in args.sources:
         cache = WORK / f"cache_{source}"
         shutil.rmtree(cache, ignore_errors=True)
         row = {"source": source, "first_start": probe(source, corpus, cache)}
@@ -227,6 +227,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--train_steps", type=int, default=150, help="training steps per timed run (bf16 stage)")
     p.add_argument("--pairs", type=int, default=4_500_000, help="synthetic corpus size (data stage)")
+    p.add_argument("--sources", nargs="+", choices=("datasets", "text"), default=["datasets", "text"],
+                   help="data paths the data stage measures")
     p.add_argument("--out", type=Path, default=RESULT)
     args = p.parse_args(argv)
     return run_stages("scale", STAGES, args, render_result)
