@@ -25,6 +25,7 @@ STUDIES = {
     "head_pruning": "Attention-head pruning: L0 gates and Taylor importance",
     "sts": "Prune-then-distil a sentence encoder (STS-B)",
     "deploy": "Deployable compression: int8, bf16 and ONNX Runtime",
+    "scale": "Scale out: sharded validation, bf16-mixed training, corpora through `datasets`",
 }
 log = logging.getLogger(__name__)
 

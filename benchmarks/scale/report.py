@@ -50,6 +50,25 @@ def training_rows(r: dict, key: str, ratio_key: str, ratio_label: str) -> list[s
     return rows + ["", f"Target: {r['target']}."]
 
 
+def full_run_rows(results: dict) -> list[str]:
+    """The full-length training runs: bf16 against fp32 at `make train` length, and the 2-hour recipe."""
+    rows = ["| Multi30k test2016, beam 5 | training minutes | sacreBLEU | chrF | measured at |",
+            "|---|---|---|---|---|"]
+    if "bf16_full" in results:
+        r = results["bf16_full"]
+        rows += [f"| `make train`, fp32 (the shared teacher, re-scored) | {r['fp32']['minutes']} (its README) "
+                 f"| {r['fp32']['test2016_bleu']:.2f} | {r['fp32']['test2016_chrf']:.2f} | `{r['git_commit'][:10]}` |",
+                 f"| `make train` length, bf16-mixed | {r['bf16']['minutes']:.0f} | {r['bf16']['test2016_bleu']:.2f} "
+                 f"| {r['bf16']['test2016_chrf']:.2f} | `{r['command']}` |",
+                 f"| bf16 − fp32 | | **{r['bleu_difference']:+.2f}** | | target: {r['target']} |"]
+    if "recipe" in results:
+        r = results["recipe"]
+        rows.append(f"| bf16 recipe `configs/nmt/bf16_2h.yaml` | {r['minutes']:.0f} (budget {r['budget_minutes']}) "
+                    f"| **{r['test2016_bleu']:.2f}** | {r['test2016_chrf']:.2f} | `{r['git_commit'][:10]}`, "
+                    f"`{r['command']}`; target: {r['target']} |")
+    return rows
+
+
 def render_result(results: dict) -> str:
     """Markdown of scale.json: a table per stage measured."""
     parts = []
@@ -60,6 +79,8 @@ def render_result(results: dict) -> str:
     if "throughput" in results:
         parts.append("\n".join(training_rows(results["throughput"], "source", "ratio_datasets_vs_text",
                                               "datasets vs text")) + "\n")
+    if "bf16_full" in results or "recipe" in results:
+        parts.append("\n".join(full_run_rows(results)) + "\n")
     if "data" in results:
         parts.append("\n".join(data_rows(results["data"])) + "\n")
     return "\n".join(parts)
