@@ -105,6 +105,7 @@ def main(args: list[str] | None = None) -> LabCLI:
         trainer_defaults={"callbacks": default_callbacks(), "enable_model_summary": False},
         seed_everything_default=1234,
     )
+    check_precision(str(cli.config.trainer.precision), cli.trainer)
     # Our own checkpoints hold dataclass hparams and RNG states, so not weights-only.
     if cli.config.fit:
         cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=cli.config.ckpt_path, weights_only=False)
@@ -120,6 +121,27 @@ def main(args: list[str] | None = None) -> LabCLI:
                          weights_only=False)
         write_metrics(cli.trainer, "test")
     return cli
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX), as oneDNN reports it."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def check_precision(requested: str, trainer: L.Trainer) -> None:
+    """One clear error for `trainer.precision` the hardware lacks: bf16 on a GPU or CPU without it (emulated,
+    slower than fp32), or fp16 on a CPU (Lightning would silently train bf16 instead of `16-mixed`)."""
+    device = trainer.strategy.root_device.type
+    if "bf16" in requested:
+        if device == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ValueError(f"trainer.precision {requested}: this GPU has no bf16 (it needs compute capability 8.0+); "
+                             "use 16-mixed or 32-true")
+        if device == "cpu" and not cpu_has_bf16():
+            raise ValueError(f"trainer.precision {requested}: this CPU has no native bf16 (AVX-512 BF16 or AMX), so "
+                             "it would be emulated and slower than fp32; use 32-true")
+    elif requested.startswith("16") and device == "cpu":
+        raise ValueError(f"trainer.precision {requested}: fp16 is a GPU precision; on CPU use bf16-mixed (with "
+                         "native bf16) or 32-true")
 
 
 def write_metrics(trainer: L.Trainer, stage: str, seconds: float | None = None) -> None:

@@ -93,3 +93,14 @@ def test_sts_distillation_in_bf16_trains_and_resumes_exactly(precision, tokenize
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+def test_precision_the_hardware_lacks_is_one_clear_error(tmp_path: Path, multi30k_slice: Path, monkeypatch) -> None:
+    import core.cli
+
+    args = [*nmt_args(tmp_path, multi30k_slice), "--test", "false"]
+    with pytest.raises(ValueError, match="trainer.precision 16-mixed: fp16 is a GPU precision"):
+        train_main([*args, "--trainer.accelerator", "cpu", "--trainer.precision", "16-mixed"])
+    monkeypatch.setattr(core.cli, "cpu_has_bf16", lambda: False)
+    with pytest.raises(ValueError, match="trainer.precision bf16-mixed: this CPU has no native bf16"):
+        train_main([*args, "--trainer.accelerator", "cpu", "--trainer.precision", "bf16-mixed"])
