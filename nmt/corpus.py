@@ -17,7 +17,10 @@ Cleaning matches the in-memory path exactly: sides stripped, pairs with a blank 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -120,21 +123,32 @@ def vocab_digest(vocab: Vocab) -> str:
     return digest.hexdigest()
 
 
-def encoded(table, vocab: Vocab, cache_file: Path, num_proc: int | None = None):
-    """`table` cleaned and encoded (columns src, tgt, src_ids, tgt_ids, src_len, tgt_len), from `cache_file`
-    when it exists (memory-mapped), else built into it."""
+def encoded(load: Callable[[], object], vocab: Vocab, cache_file: Path, num_proc: int | None = None):
+    """The split `load()` returns, cleaned and encoded (columns src, tgt, src_ids, tgt_ids, src_len, tgt_len):
+    memory-mapped from the cache when its manifest exists (`load` is not called: a cached start reads neither the
+    raw table nor any sentence), else built into `cache_file` (one shard per `num_proc` worker) and the manifest
+    written last, so an interrupted build is rebuilt, not half reused."""
     import datasets
 
-    if cache_file.is_file():
-        return datasets.Dataset.from_file(str(cache_file))
+    manifest = cache_file.with_suffix(".files.json")
+    if manifest.is_file():
+        names = json.loads(manifest.read_text())
+        shards = [datasets.Dataset.from_file(str(cache_file.parent / name)) for name in names]
+        return shards[0] if len(shards) == 1 else datasets.concatenate_datasets(shards)
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     features = datasets.Features({
         "src": datasets.Value("string"), "tgt": datasets.Value("string"),
         "src_ids": datasets.List(datasets.Value("int32")), "tgt_ids": datasets.List(datasets.Value("int32")),
         "src_len": datasets.Value("int32"), "tgt_len": datasets.Value("int32"),
     })
-    return table.map(_Encode(vocab), batched=True, batch_size=10_000, num_proc=num_proc, features=features,
-                     remove_columns=table.column_names, cache_file_name=str(cache_file), desc="encode")
+    table = load()
+    result = table.map(_Encode(vocab), batched=True, batch_size=10_000, num_proc=num_proc, features=features,
+                       remove_columns=table.column_names, cache_file_name=str(cache_file), desc="encode")
+    names = [Path(f["filename"]).name for f in result.cache_files]
+    with tempfile.NamedTemporaryFile("w", dir=cache_file.parent, delete=False, suffix=".tmp") as f:
+        json.dump(names, f)
+    os.replace(f.name, manifest)
+    return result
 
 
 class ArrowParallelSplit:

@@ -143,7 +143,6 @@ class TranslationDataModule(ResumableDataModule):
         self.splits: dict[str, ParallelSplit | ArrowParallelSplit] = {}
         vocab_options = (vocab_size, spm_model_type, joint_vocab)
         if self.use_datasets:
-            self._tables = {name: self._load_table(name) for name in self.split_names}
             self.vocab: Vocab = self._table_vocab(*vocab_options, vocab_sample)
         else:
             self._text = {name: self._read(name) for name in self.split_names}
@@ -156,7 +155,7 @@ class TranslationDataModule(ResumableDataModule):
         key = hashlib.blake2b(f"{self._data_key('train')}|{options}".encode(), digest_size=12).hexdigest()
         path = self.cache_dir / f"spm-data-{key}.json"
         if (vocab := load_vocab_file(path)) is None:
-            src_train, tgt_train = corpus.training_text(self._tables["train"], self.limit_train, sample)
+            src_train, tgt_train = corpus.training_text(self._load_table("train"), self.limit_train, sample)
             vocab = build_vocab(src_train, tgt_train, vocab_size, model_type, joint, self.cache_dir)
             save_vocab_file(path, vocab)
         return vocab
@@ -168,6 +167,7 @@ class TranslationDataModule(ResumableDataModule):
             raise ValueError(f"data.files must name exactly the splits {sorted(self.split_names)}, got {sorted(files)}")
         return {name: Path(path).expanduser() for name, path in files.items()}
 
+    @functools.cache  # noqa: B019 (one datamodule per run: each raw split is loaded at most once)
     def _load_table(self, name: str):
         hf_cache = self.cache_dir / "hf"
         if self.hub:
@@ -180,7 +180,7 @@ class TranslationDataModule(ResumableDataModule):
     def _data_key(self, name: str) -> str:
         """Digest of a split's data: its files' contents (a hub split: the dataset's fingerprint)."""
         if self.hub:
-            return self._tables[name]._fingerprint
+            return self._load_table(name)._fingerprint
         source = self.files.get(name) or self._files(name)
         return "-".join(file_digest(p) for p in (source if isinstance(source, tuple) else (source,)))
 
@@ -218,7 +218,8 @@ class TranslationDataModule(ResumableDataModule):
         # One process per node encodes the Arrow tables; every rank memory-maps them in `setup`.
         if self.use_datasets:
             for name in self.split_names:
-                corpus.encoded(self._tables[name], self.vocab, self._cache_file(name), self.num_proc)
+                corpus.encoded(functools.partial(self._load_table, name), self.vocab, self._cache_file(name),
+                               self.num_proc)
 
     @override
     def setup(self, stage: str | None = None) -> None:
@@ -246,7 +247,8 @@ class TranslationDataModule(ResumableDataModule):
                 continue
             cache = self._cache_file(name)
             self.check_same_data(cache.name)
-            split = ArrowParallelSplit(name, corpus.encoded(self._tables[name], self.vocab, cache, self.num_proc))
+            table = corpus.encoded(functools.partial(self._load_table, name), self.vocab, cache, self.num_proc)
+            split = ArrowParallelSplit(name, table)
             if name == "train":
                 if self.limit_train:
                     split = split.select(np.arange(min(self.limit_train, len(split))))

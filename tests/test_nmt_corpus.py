@@ -81,6 +81,7 @@ def test_arrow_cache_is_reused_and_rebuilt_for_another_tokenizer(multi30k_slice:
     stamps = {p: p.stat().st_mtime_ns for p in cache_files}
     with monkeypatch.context() as m:  # a second start reads no training sentences back: the vocabulary is cached
         m.setattr(corpus, "training_text", lambda *a: pytest.fail("training text read on a cached start"))
+        m.setattr(corpus, "load_table", lambda *a: pytest.fail("raw table loaded on a cached start"))
         again = datamodule(multi30k_slice, tmp_path / "c", source="datasets")
     assert again.vocab.to_state() == first.vocab.to_state()
     assert {p: p.stat().st_mtime_ns for p in cache_files} == stamps  # memory-mapped, not rewritten
@@ -130,3 +131,13 @@ def test_resume_is_exact_on_the_datasets_path(multi30k_slice: Path, tmp_path: Pa
     for name in a:
         assert torch.equal(a[name], b[name]), name
     assert os.listdir(tmp_path / "a" / "spm" / "arrow")  # it did go through the Arrow tables
+
+
+def test_sharded_cache_of_two_workers_is_reused_whole(multi30k_slice: Path, tmp_path: Path, monkeypatch) -> None:
+    from nmt import corpus
+
+    first = datamodule(multi30k_slice, tmp_path / "c", source="datasets", num_proc=2)
+    assert len(first.splits["train"].table.cache_files) == 2  # one shard per worker, listed in the manifest
+    monkeypatch.setattr(corpus, "load_table", lambda *a: pytest.fail("raw table loaded on a cached start"))
+    again = datamodule(multi30k_slice, tmp_path / "c", source="datasets", num_proc=2)
+    assert_same_batches(batches(first, "train"), batches(again, "train"))
