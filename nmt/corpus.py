@@ -20,7 +20,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -76,22 +76,32 @@ def load_hub(name: str, config: str | None, split: str, src_lang: str, tgt_lang:
     return language_columns(table, src_lang, tgt_lang, f"hub dataset {name!r} ({config}) split {split!r}")
 
 
-def training_text(table, limit: int | None, sample: int) -> tuple[list[str], list[str]]:
-    """The cleaned training sentences SentencePiece trains on: with `limit`, the first `limit` clean pairs (as
-    the text path); else every pair, or every k-th row when there are more than `sample` (a whole corpus, not
-    its first sources)."""
-    stride = 1 if limit else max(1, -(-len(table) // sample))
-    src, tgt = [], []
-    for start in range(0, len(table), 10_000 * stride):
-        rows = range(start, min(len(table), start + 10_000 * stride), stride)
-        batch = table.select(rows)[:] if stride > 1 else table[rows.start : rows.stop]
-        for s, t in zip(batch["src"], batch["tgt"], strict=True):
-            if s.strip() and t.strip():
-                src.append(s.strip())
-                tgt.append(t.strip())
-        if limit and len(src) >= limit:
-            return src[:limit], tgt[:limit]
-    return src, tgt
+class TrainingSide:
+    """One side of the cleaned training sentences SentencePiece trains on, streamed from the table on each
+    iteration (never a list: at WMT size the sample's Python strings alone are most of a gigabyte): with `limit`,
+    the first `limit` clean pairs (as the text path); else every pair, or every k-th row when there are more
+    than `sample` (a whole corpus, not its first sources)."""
+
+    def __init__(self, table, column: str, limit: int | None, sample: int) -> None:
+        self.table, self.column, self.limit = table, column, limit
+        self.stride = 1 if limit else max(1, -(-len(table) // sample))
+
+    def __iter__(self) -> Iterator[str]:
+        kept, chunk = 0, 10_000 * self.stride
+        for start in range(0, len(self.table), chunk):
+            rows = range(start, min(len(self.table), start + chunk), self.stride)
+            batch = self.table.select(rows)[:] if self.stride > 1 else self.table[rows.start : rows.stop]
+            for s, t in zip(batch["src"], batch["tgt"], strict=True):
+                if s.strip() and t.strip():
+                    yield (s if self.column == "src" else t).strip()
+                    kept += 1
+                    if kept == self.limit:
+                        return
+
+
+def training_text(table, limit: int | None, sample: int) -> tuple[TrainingSide, TrainingSide]:
+    """The (source, target) training sentences SentencePiece trains on, as re-iterable streams."""
+    return TrainingSide(table, "src", limit, sample), TrainingSide(table, "tgt", limit, sample)
 
 
 class _Encode:

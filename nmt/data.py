@@ -167,8 +167,9 @@ class TranslationDataModule(ResumableDataModule):
             raise ValueError(f"data.files must name exactly the splits {sorted(self.split_names)}, got {sorted(files)}")
         return {name: Path(path).expanduser() for name, path in files.items()}
 
-    @functools.cache  # noqa: B019 (one datamodule per run: each raw split is loaded at most once)
     def _load_table(self, name: str):
+        # Not cached: a raw table is memory-mapped, and holding it while SentencePiece trains and the encoded
+        # table is mapped would add its pages to the first start's peak RSS; reopening it costs milliseconds.
         hf_cache = self.cache_dir / "hf"
         if self.hub:
             return corpus.load_hub(self.hub, self.hub_config, self.split_names[name], self.src_lang, self.tgt_lang,

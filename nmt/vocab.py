@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,8 +33,8 @@ class VocabSpec:
 NUM_SPECIALS = 4
 
 
-def _train(lines: list[str], vocab_size: int, model_type: str) -> bytes:
-    """Train a SentencePiece model on `lines`; returns the serialized model proto."""
+def _train(lines: Iterable[str], vocab_size: int, model_type: str) -> bytes:
+    """Train a SentencePiece model on `lines` (streamed into it); returns the serialized model proto."""
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(lines), model_writer=model, vocab_size=vocab_size,
@@ -82,20 +84,21 @@ class Vocab:
 
 
 def build_vocab(
-    src_lines: list[str], tgt_lines: list[str], vocab_size: int, model_type: str, joint: bool,
+    src_lines: Iterable[str], tgt_lines: Iterable[str], vocab_size: int, model_type: str, joint: bool,
     cache_dir: Path,
 ) -> Vocab:
-    """Train (or load from `cache_dir`) the SentencePiece model(s) for this data and options."""
+    """Train (or load from `cache_dir`) the SentencePiece model(s) for this data and options. The lines may be
+    streams (each is iterated twice: once for the cache key, once into SentencePiece)."""
     if model_type not in ("bpe", "unigram"):
         raise ValueError(f"data.spm_model_type must be 'bpe' or 'unigram', got {model_type!r}")
     key = hashlib.sha256(json.dumps([vocab_size, model_type, joint]).encode())
-    for line in src_lines + tgt_lines:
+    for line in itertools.chain(src_lines, tgt_lines):
         key.update(line.encode())
     path = Path(cache_dir) / f"spm-{key.hexdigest()[:16]}.json"
     if (cached := load_vocab_file(path)) is not None:
         return cached
     if joint:
-        vocab = Vocab(_train(src_lines + tgt_lines, vocab_size, model_type))
+        vocab = Vocab(_train(itertools.chain(src_lines, tgt_lines), vocab_size, model_type))
     else:
         vocab = Vocab(_train(src_lines, vocab_size, model_type), _train(tgt_lines, vocab_size, model_type))
     save_vocab_file(path, vocab)
