@@ -115,7 +115,8 @@ class TranslationDataModule(ResumableDataModule):
         hub / hub_config: a hub dataset id and config (e.g. wmt14, de-en) for users online; `split_names`
             then name the hub's splits (e.g. --data.val_split validation --data.test_split test).
         num_proc: worker processes that encode the Arrow tables the first time.
-        vocab_sample: at most this many training pairs (evenly spaced) train SentencePiece ("datasets").
+        vocab_sample: at most this many training pairs (evenly spaced) train SentencePiece ("datasets"; 1M pairs
+            is 2M sentences to a joint model, the size SentencePiece recommends sampling).
     """
 
     def __init__(
@@ -126,7 +127,7 @@ class TranslationDataModule(ResumableDataModule):
         cache_dir: str = str(REPO_ROOT / "cache" / "spm"), limit_train: int | None = None,
         source: Literal["text", "datasets"] = "text", files: dict[str, str] | None = None,
         hub: str | None = None, hub_config: str | None = None, num_proc: int | None = None,
-        vocab_sample: int = 2_000_000,
+        vocab_sample: int = 1_000_000,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()  # shown beside the model's in TensorBoard's hparams view

@@ -58,9 +58,11 @@ def full_run_rows(results: dict) -> list[str]:
         r = results["bf16_full"]
         rows += [f"| `make train`, fp32 (the shared teacher, re-scored) | {r['fp32']['minutes']} (its README) "
                  f"| {r['fp32']['test2016_bleu']:.2f} | {r['fp32']['test2016_chrf']:.2f} | `{r['git_commit'][:10]}` |",
-                 f"| `make train` length, bf16-mixed | {r['bf16']['minutes']:.0f} | {r['bf16']['test2016_bleu']:.2f} "
-                 f"| {r['bf16']['test2016_chrf']:.2f} | `{r['command']}` |",
-                 f"| bf16 − fp32 | | **{r['bleu_difference']:+.2f}** | | target: {r['target']} |"]
+                 *(f"| `make train` length, bf16-mixed, seed {b['seed']} | {b['minutes']:.0f} "
+                   f"| {b['test2016_bleu']:.2f} | {b['test2016_chrf']:.2f} | `{b['git_commit'][:10]}` |"
+                   for b in r["bf16_runs"]),
+                 f"| bf16 (mean over seeds) − fp32 | | **{r['bleu_difference']:+.2f}** | | `{r['command']}`; "
+                 f"target: {r['target']} |"]
     if "recipe" in results:
         r = results["recipe"]
         rows.append(f"| bf16 recipe `configs/nmt/bf16_2h.yaml` | {r['minutes']:.0f} (budget {r['budget_minutes']}) "
