@@ -23,18 +23,18 @@ def validate_rows(r: dict) -> list[str]:
 
 def data_rows(r: dict) -> list[str]:
     """Each data path from empty and from warm caches."""
-    rows = [f"| {r['pairs'] / 1e6:.1f}M pairs | start | s to first batch | peak RSS MiB | PSS MiB after 200 batches |",
-            "|---|---|---|---|---|"]
+    rows = [f"| {r['pairs'] / 1e6:.1f}M pairs | start | s to first batch | peak RSS MiB | PSS MiB after 200 batches "
+            "| measured at |", "|---|---|---|---|---|---|"]
     for x in r["rows"]:
         for start in ("first_start", "cached_start"):
             y = x[start]
             if "failed" in y:
                 rows.append(f"| {x['source']} | {start.split('_')[0]} | failed (exit {y['failed']}) after "
-                            f"{y['seconds']:.0f} s | | |")
+                            f"{y['seconds']:.0f} s | | | |")
             else:
                 rows.append(f"| {x['source']} | {start.split('_')[0]} | {y['first_batch_s']:.1f} "
-                            f"| {y['peak_rss_mib']} | {y.get('pss_mib', '–')} |")
-    rows.append(f"| measured at | `{r['git_commit'][:10]}`, `{r['command']}`; corpus: `{r['corpus']}` | | | |")
+                            f"| {y['peak_rss_mib']} | {y.get('pss_mib', '–')} | `{x['git_commit'][:10]}` |")
+    rows.append(f"| command | `{r['command']}`; corpus: `{r['corpus']}` | | | | |")
     return rows + ["", f"Targets: {r['targets']}."]
 
 
