@@ -141,3 +141,18 @@ def test_sharded_cache_of_two_workers_is_reused_whole(multi30k_slice: Path, tmp_
     monkeypatch.setattr(corpus, "load_table", lambda *a: pytest.fail("raw table loaded on a cached start"))
     again = datamodule(multi30k_slice, tmp_path / "c", source="datasets", num_proc=2)
     assert_same_batches(batches(first, "train"), batches(again, "train"))
+
+
+def test_training_text_streams_clean_pairs_every_kth_row_or_the_first_limit() -> None:
+    import datasets
+
+    from nmt.corpus import training_text
+
+    src = [f" s{i} " if i % 4 else " " for i in range(30)]  # every 4th pair has a blank source: dropped
+    table = datasets.Dataset.from_dict({"src": src, "tgt": [f"t{i}" for i in range(30)]})
+    sampled_src, sampled_tgt = training_text(table, None, 10)  # 30 rows > 10: every 3rd row
+    assert list(sampled_src) == [f"s{i}" for i in range(0, 30, 3) if i % 4]
+    assert list(sampled_tgt) == [f"t{i}" for i in range(0, 30, 3) if i % 4]
+    assert list(sampled_src) == list(sampled_src)  # re-iterable: hashed for the cache key, then trained on
+    first_src, first_tgt = training_text(table, 5, 10)
+    assert list(first_src) == ["s1", "s2", "s3", "s5", "s6"] and list(first_tgt) == ["t1", "t2", "t3", "t5", "t6"]
