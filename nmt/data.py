@@ -23,7 +23,17 @@ from core.data_dir import REPO_ROOT, resolve_data_dir
 from core.tables import file_digest
 from nmt import corpus
 from nmt.corpus import ArrowParallelSplit
-from nmt.vocab import BOS_ID, EOS_ID, PAD_ID, Vocab, VocabSpec, build_vocab, load_vocab_file, save_vocab_file
+from nmt.vocab import (
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    Vocab,
+    VocabSpec,
+    build_vocab,
+    load_vocab_file,
+    save_vocab_file,
+    train_vocab,
+)
 
 
 def read_parallel(src_path: Path, tgt_path: Path) -> tuple[list[str], list[str], int]:
@@ -157,7 +167,7 @@ class TranslationDataModule(ResumableDataModule):
         path = self.cache_dir / f"spm-data-{key}.json"
         if (vocab := load_vocab_file(path)) is None:
             src_train, tgt_train = corpus.training_text(self._load_table("train"), self.limit_train, sample)
-            vocab = build_vocab(src_train, tgt_train, vocab_size, model_type, joint, self.cache_dir)
+            vocab = train_vocab(src_train, tgt_train, vocab_size, model_type, joint)  # keyed above
             save_vocab_file(path, vocab)
         return vocab
 

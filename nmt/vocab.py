@@ -94,24 +94,28 @@ class Vocab:
         return cls(state["src_proto"], state["tgt_proto"])
 
 
-def build_vocab(
-    src_lines: Iterable[str], tgt_lines: Iterable[str], vocab_size: int, model_type: str, joint: bool,
-    cache_dir: Path,
-) -> Vocab:
-    """Train (or load from `cache_dir`) the SentencePiece model(s) for this data and options. The lines may be
-    streams (each is iterated twice: once for the cache key, once into SentencePiece)."""
+def train_vocab(src_lines: Iterable[str], tgt_lines: Iterable[str], vocab_size: int, model_type: str,
+                joint: bool) -> Vocab:
+    """Train the SentencePiece model(s) on the lines (lists or streams; each iterated once)."""
     if model_type not in ("bpe", "unigram"):
         raise ValueError(f"data.spm_model_type must be 'bpe' or 'unigram', got {model_type!r}")
+    if joint:
+        return Vocab(_train(itertools.chain(src_lines, tgt_lines), vocab_size, model_type))
+    return Vocab(_train(src_lines, vocab_size, model_type), _train(tgt_lines, vocab_size, model_type))
+
+
+def build_vocab(
+    src_lines: list[str], tgt_lines: list[str], vocab_size: int, model_type: str, joint: bool,
+    cache_dir: Path,
+) -> Vocab:
+    """Train (or load from `cache_dir`, keyed by the lines' contents and the options) the SentencePiece model(s)."""
     key = hashlib.sha256(json.dumps([vocab_size, model_type, joint]).encode())
     for line in itertools.chain(src_lines, tgt_lines):
         key.update(line.encode())
     path = Path(cache_dir) / f"spm-{key.hexdigest()[:16]}.json"
     if (cached := load_vocab_file(path)) is not None:
         return cached
-    if joint:
-        vocab = Vocab(_train(itertools.chain(src_lines, tgt_lines), vocab_size, model_type))
-    else:
-        vocab = Vocab(_train(src_lines, vocab_size, model_type), _train(tgt_lines, vocab_size, model_type))
+    vocab = train_vocab(src_lines, tgt_lines, vocab_size, model_type, joint)
     save_vocab_file(path, vocab)
     return vocab
 

@@ -108,6 +108,11 @@ def probe(source: str, corpus: Path, cache: Path) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def measured_before(args: argparse.Namespace, stage: str) -> dict:
+    """The block `stage` wrote to the result file last time (empty if none): rows a re-run does not redo."""
+    return json.loads(args.out.read_text()).get(stage, {}) if args.out.is_file() else {}
+
+
 def data_stage(args: argparse.Namespace) -> dict:
     """The list-based and the `datasets` path on the synthetic corpus: a first start (empty caches) and a cached
     one each, in fresh processes."""
@@ -120,7 +125,7 @@ def data_stage(args: argparse.Namespace) -> dict:
         make(args.pairs, corpus)
         marker.touch()
     # A path not re-measured (`--sources`) keeps its row from the last run, with the commit that measured it.
-    before = json.loads(args.out.read_text()).get("data", {}) if args.out.is_file() else {}
+    before = measured_before(args, "data")
     rows = {row["source"]: {"git_commit": before.get("git_commit"), **row} for row in before.get("rows", [])}
     for source in args.sources:
         cache = WORK / f"cache_{source}"
@@ -203,7 +208,7 @@ def bf16_full_stage(args: argparse.Namespace) -> dict:
     run the shared teacher comes from: test2016 sacreBLEU (beam 5) of each, the fp32 one re-scored by today's code.
     Seeds measured before and not asked for again keep their runs."""
     (WORK / "full").mkdir(parents=True, exist_ok=True)
-    before = json.loads(args.out.read_text()).get("bf16_full", {}) if args.out.is_file() else {}
+    before = measured_before(args, "bf16_full")
     runs = {run["seed"]: run for run in before.get("bf16_runs", [])}
     fp32 = full_run(["--fit", "false", "--ckpt_path", str(SHARED_NMT)], WORK / "full/fp32_shared_teacher")
     log.info("fp32 (shared teacher) test2016 %.2f", fp32["test2016_bleu"])
