@@ -3,6 +3,8 @@
     python -m nmt.translate --ckpt RUN/checkpoints/swa.ckpt --input test.en --output hyp.de \
         [--reference test.de] [--beam 5] [--length_penalty 0.6]
 
+Several `--ckpt` files (trained on one vocabulary) decode as an ensemble (`nmt.ensemble`).
+
 Writes the hypotheses (one a line) and, with a reference, `<output>.scores.json` holding
 sacreBLEU BLEU and chrF with their signatures.
 """
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from core.config import load_module
 from nmt.data import pad
+from nmt.ensemble import ensemble_translator
 from nmt.module import TranslationModule, corpus_scores
 from nmt.vocab import EOS_ID
 
@@ -76,14 +79,16 @@ def evaluate_file(module: TranslationModule, src_file: Path, ref_file: Path, bea
 def main(argv: list[str] | None = None) -> None:
     """Translate `--input`, write `--output`, and with `--reference` score it (sacreBLEU)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ckpt", required=True, help="checkpoint, or the .onnx encoder file export.py wrote")
+    parser.add_argument("--ckpt", required=True, nargs="+",
+                        help="checkpoint, or the .onnx encoder file export.py wrote; several checkpoints: an ensemble")
     parser.add_argument("--input", required=True, type=Path)
     parser.add_argument("--output", required=True, type=Path)
     parser.add_argument("--reference", type=Path)
     parser.add_argument("--beam", type=int, default=5)
     parser.add_argument("--length_penalty", type=float)
     args = parser.parse_args(argv)
-    module = load_translator(args.ckpt)
+    modules = [load_translator(ckpt) for ckpt in args.ckpt]
+    module = modules[0] if len(modules) == 1 else ensemble_translator(modules, args.ckpt)
     if args.length_penalty is not None:
         module.decoding = replace(module.decoding, length_penalty=args.length_penalty)
     if args.reference:

@@ -68,6 +68,22 @@ def full_run_rows(results: dict) -> list[str]:
         rows.append(f"| bf16 recipe `configs/nmt/bf16_2h.yaml` | {r['minutes']:.0f} (budget {r['budget_minutes']}) "
                     f"| **{r['test2016_bleu']:.2f}** | {r['test2016_chrf']:.2f} | `{r['git_commit'][:10]}`, "
                     f"`{r['command']}`; target: {r['target']} |")
+    if "ensemble" in results:
+        rows += ensemble_rows(results["ensemble"])
+    return rows
+
+
+def ensemble_rows(r: dict) -> list[str]:
+    """The bf16 ensemble recipe: its members re-scored alone, then ensembles of the first k members."""
+    rows = [f"| bf16 run seed {m['seed']} alone (`nmt.translate`) | {m['minutes']:.0f} | {m['test2016_bleu']:.2f} "
+            f"| {m['test2016_chrf']:.2f} | `{r['git_commit'][:10]}` |" for m in r["members"]]
+    for e in r["ensembles"]:
+        recipe = r["recipe"] is not None and e["seeds"] == r["recipe"]["seeds"]
+        bleu = f"**{e['test2016_bleu']:.2f}**" if recipe else f"{e['test2016_bleu']:.2f}"
+        rows.append(f"| {'bf16 ensemble recipe' if recipe else 'bf16 ensemble'}, seeds "
+                    f"{' + '.join(map(str, e['seeds']))} | {e['minutes']:.0f} (budget {r['budget_minutes']}) | {bleu} "
+                    f"| {e['test2016_chrf']:.2f} | `{r['git_commit'][:10]}`, `{r['command']}`"
+                    f"{'; target: ' + r['target'] if recipe else ''} |")
     return rows
 
 
@@ -81,7 +97,7 @@ def render_result(results: dict) -> str:
     if "throughput" in results:
         parts.append("\n".join(training_rows(results["throughput"], "source", "ratio_datasets_vs_text",
                                               "datasets vs text")) + "\n")
-    if "bf16_full" in results or "recipe" in results:
+    if {"bf16_full", "recipe", "ensemble"} & set(results):
         parts.append("\n".join(full_run_rows(results)) + "\n")
     if "data" in results:
         parts.append("\n".join(data_rows(results["data"])) + "\n")

@@ -1,6 +1,6 @@
 """Scale-out measurements: sharded validation, the list-based and the `datasets` data paths, bf16 training.
 
-    python -m benchmarks.scale.run [--stages validate bf16 throughput data bf16_full recipe] [--repeats 3]
+    python -m benchmarks.scale.run [--stages validate bf16 throughput data bf16_full recipe ensemble] [--repeats 3]
 
 * **validate**: the shared Multi30k teacher (`configs/nmt/small.yaml`, greedy val, the whole val split) validated
   by 1 process with 1 thread (one device), 2 DDP processes (gloo, 1 thread each: two devices, each decoding its
@@ -17,6 +17,7 @@
 * **bf16_full**: `make train` in bf16-mixed (one run per `--seeds`), test2016 against the fp32 shared teacher's
   (re-scored).
 * **recipe**: the bf16 recipe `configs/nmt/bf16_2h.yaml` (the 2-hour budget) to the end.
+* **ensemble**: the bf16 ensemble recipe (`configs/nmt/bf16_ensemble.yaml`): the bf16_full runs decoded together.
 Writes `benchmarks/results/scale/scale.json` after every stage (+ scale.md).
 """
 
@@ -40,6 +41,7 @@ REPO = Path(__file__).resolve().parents[2]
 WORK = REPO / "benchmarks/work/scale"
 RESULT = REPO / "benchmarks/results/scale/scale.json"
 SHARED_NMT = REPO.parent / "shared/checkpoints/nmt_small_swa.ckpt"
+RECIPE_BUDGET_MINUTES = 120  # the issue's training budget for a bf16 recipe on this CPU
 FP32_TRAIN_MINUTES = 67  # `make train` of the shared teacher on this machine (its README)
 log = logging.getLogger(__name__)
 
@@ -203,6 +205,11 @@ def full_run(args: list[str], out: Path) -> dict:
             "args": " ".join(args)}
 
 
+def member_dir(seed: int) -> Path:
+    """Run folder of the bf16_full stage's run with `seed`."""
+    return WORK / f"full/bf16_{seed}"
+
+
 def bf16_full_stage(args: argparse.Namespace) -> dict:
     """`make train` (20 epochs of the small config, SWA) in bf16-mixed, one run per `--seeds`, against the fp32
     run the shared teacher comes from: test2016 sacreBLEU (beam 5) of each, the fp32 one re-scored by today's code.
@@ -213,8 +220,7 @@ def bf16_full_stage(args: argparse.Namespace) -> dict:
     fp32 = full_run(["--fit", "false", "--ckpt_path", str(SHARED_NMT)], WORK / "full/fp32_shared_teacher")
     log.info("fp32 (shared teacher) test2016 %.2f", fp32["test2016_bleu"])
     for seed in args.seeds:
-        run = full_run(["--trainer.precision", "bf16-mixed", "--seed_everything", str(seed)],
-                       WORK / f"full/bf16_{seed}")
+        run = full_run(["--trainer.precision", "bf16-mixed", "--seed_everything", str(seed)], member_dir(seed))
         runs[seed] = {"seed": seed, **run, "git_commit": git_commit()}
         log.info("bf16-mixed seed %d: %.1f min, test2016 %.2f", seed, run["minutes"], run["test2016_bleu"])
     bf16_runs = [runs[seed] for seed in sorted(runs)]
@@ -229,11 +235,50 @@ def recipe_stage(args: argparse.Namespace) -> dict:
     (WORK / "full").mkdir(parents=True, exist_ok=True)
     run = full_run(["--config", str(REPO / "configs/nmt/bf16_2h.yaml")], WORK / "full/bf16_2h")
     log.info("bf16 recipe: %.1f min, test2016 %.2f", run["minutes"], run["test2016_bleu"])
-    return {**run, "budget_minutes": 120, "target": "test2016 sacreBLEU >= 39.5 within 2 hours on this CPU"}
+    return {**run, "budget_minutes": RECIPE_BUDGET_MINUTES,
+            "target": "test2016 sacreBLEU >= 39.5 within 2 hours on this CPU"}
+
+
+def ensemble_stage(args: argparse.Namespace) -> dict:
+    """The bf16 ensemble recipe: the bf16_full stage's runs (`make train` length in bf16, one per seed, their
+    minutes from that stage), each re-scored alone and the first k of them decoded as one ensemble
+    (`nmt.ensemble`), test2016 beam 5 through `nmt.translate`. The recipe is the largest ensemble whose training
+    minutes fit the 2-hour budget."""
+    from core.data_dir import resolve_data_dir
+    from nmt.ensemble import ensemble_translator
+    from nmt.translate import evaluate_file, load_translator
+
+    data = resolve_data_dir(None, "multi30k")
+    test_src, test_ref = data / "test_2016_flickr.en", data / "test_2016_flickr.de"
+    runs = measured_before(args, "bf16_full").get("bf16_runs", [])
+    ckpts = {run["seed"]: next(member_dir(run["seed"]).rglob("swa.ckpt"), None) for run in runs}
+    runs = [run for run in runs if ckpts[run["seed"]] is not None]
+    if len(runs) < 2:
+        raise SystemExit(f"the ensemble stage needs two or more bf16_full runs with checkpoints in {WORK / 'full'}; "
+                         "run --stages bf16_full --seeds ... first")
+    members = []
+    for run in runs:
+        alone = evaluate_file(load_translator(ckpts[run["seed"]]), test_src, test_ref, 5)
+        members.append({"seed": run["seed"], "minutes": run["minutes"], "test2016_bleu": alone["bleu"],
+                        "test2016_chrf": alone["chrf"], "bleu_at_training_end": run["test2016_bleu"]})
+        log.info("member seed %d alone: test2016 %.2f", run["seed"], alone["bleu"])
+    ensembles = []
+    for k in range(2, len(runs) + 1):
+        paths = [ckpts[run["seed"]] for run in runs[:k]]
+        result = evaluate_file(ensemble_translator([load_translator(p) for p in paths], paths), test_src,
+                               test_ref, 5)
+        ensembles.append({"seeds": [run["seed"] for run in runs[:k]], "minutes": sum(r["minutes"] for r in runs[:k]),
+                          "test2016_bleu": result["bleu"], "test2016_chrf": result["chrf"],
+                          "sents_per_s": result["sents_per_s"], "bleu_signature": result["bleu_signature"]})
+        log.info("ensemble of %d: %.0f training minutes, test2016 %.2f", k, ensembles[-1]["minutes"], result["bleu"])
+    in_budget = [e for e in ensembles if e["minutes"] <= RECIPE_BUDGET_MINUTES]
+    return {"members": members, "ensembles": ensembles, "budget_minutes": RECIPE_BUDGET_MINUTES,
+            "recipe": in_budget[-1] if in_budget else None,
+            "target": "test2016 sacreBLEU >= 39.5 within 2 hours of training on this CPU"}
 
 
 STAGES = {"validate": validate_stage, "bf16": bf16_stage, "throughput": throughput_stage, "data": data_stage,
-          "bf16_full": bf16_full_stage, "recipe": recipe_stage}
+          "bf16_full": bf16_full_stage, "recipe": recipe_stage, "ensemble": ensemble_stage}
 
 
 def main(argv: list[str] | None = None) -> dict:
