@@ -103,7 +103,7 @@ def test_cli_ensemble_of_two_trained_checkpoints(multi30k_slice: Path, tmp_path:
 
 def test_ensemble_recipe_is_make_train_in_bf16_once_per_seed() -> None:
     # The benchmark's bf16_full runs (`--trainer.precision bf16-mixed --seed_everything N` over small.yaml).
-    sweep = load_sweep(REPO_ROOT / "configs/nmt/bf16_ensemble.yaml")
+    sweep = load_sweep(REPO_ROOT / "configs/nmt/bf16_ensemble_sweep.yaml")
     assert sweep.configs == ("configs/nmt/small.yaml",)
     assert [run_overrides(sweep, run) for run in sweep.runs] == [
         ["--trainer.precision", "bf16-mixed", "--seed_everything", seed] for seed in ("1234", "1235", "1236")]

@@ -17,7 +17,7 @@
 * **bf16_full**: `make train` in bf16-mixed (one run per `--seeds`), test2016 against the fp32 shared teacher's
   (re-scored).
 * **recipe**: the bf16 recipe `configs/nmt/bf16_2h.yaml` (the 2-hour budget) to the end.
-* **ensemble**: the bf16 ensemble recipe (`configs/nmt/bf16_ensemble.yaml`): the bf16_full runs decoded together.
+* **ensemble**: the bf16 ensemble recipe (`configs/nmt/bf16_ensemble_sweep.yaml`): the bf16_full runs decoded together.
 Writes `benchmarks/results/scale/scale.json` after every stage (+ scale.md).
 """
 
